@@ -1,0 +1,42 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Both create .venv when it is missing and install the project with its test extra,
+# pinned by constraints.txt (name==version lines; no index URLs).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export GRPC_VERBOSITY ?= ERROR
+
+.PHONY: all test demo proto bench lint-policies clean-venv help
+
+help:
+	@echo "make demo     - run the CA demo (init, issue, verify with openssl) in a temporary directory"
+	@echo "make test     - run the whole test suite (unit, conformance, fuzz, integration)"
+	@echo "make proto    - regenerate the gRPC stubs from secmesh/proto/*.proto"
+	@echo "make bench    - run the benchmarks in bench/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dev]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/ca_issue.py
+
+clean-venv:
+	rm -rf $(VENV)
