@@ -24,6 +24,11 @@ class InvalidSpiffeId(IdentityError):
     reason = "invalid_spiffe_id"
 
 
+def _byte_len(text: str) -> int:
+    """UTF-8 length; lone surrogates count too instead of raising (they are rejected later anyway)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _trust_domain_error(name: str) -> str:
     """Say what is wrong with a trust-domain name, naming the URI feature a user most likely meant."""
     if not name:
@@ -66,9 +71,11 @@ class TrustDomain:
     @classmethod
     def parse(cls, text: str) -> TrustDomain:
         """Accept a bare name (`example.org`) or a SPIFFE ID whose trust domain is taken (as go-spiffe does)."""
+        if not isinstance(text, str):
+            raise InvalidSpiffeId("trust domain must be a string")
         if text.startswith(SCHEME_PREFIX):
             return SpiffeId.parse(text).trust_domain
-        if len(text.encode()) > MAX_TRUST_DOMAIN_BYTES:
+        if _byte_len(text) > MAX_TRUST_DOMAIN_BYTES:
             raise InvalidSpiffeId(f"trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
         if not _TD_CHARS.fullmatch(text):
             raise InvalidSpiffeId(_trust_domain_error(text))
@@ -96,7 +103,7 @@ class SpiffeId:
             raise InvalidSpiffeId("cannot be empty")
         if not text.startswith(SCHEME_PREFIX):
             raise InvalidSpiffeId("scheme is missing or invalid")
-        if len(text.encode()) > MAX_ID_BYTES:
+        if _byte_len(text) > MAX_ID_BYTES:
             raise InvalidSpiffeId(f"SPIFFE ID is longer than {MAX_ID_BYTES} bytes")
         rest = text[len(SCHEME_PREFIX):]
         cut = len(rest)
@@ -105,7 +112,7 @@ class SpiffeId:
             if pos != -1:
                 cut = min(cut, pos)
         name, path = rest[:cut], rest[cut:]
-        if len(name.encode()) > MAX_TRUST_DOMAIN_BYTES:
+        if _byte_len(name) > MAX_TRUST_DOMAIN_BYTES:
             raise InvalidSpiffeId(f"trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
         if not _TD_CHARS.fullmatch(name):
             raise InvalidSpiffeId(_trust_domain_error(name))
@@ -120,11 +127,20 @@ class SpiffeId:
 
     @classmethod
     def from_segments(cls, trust_domain: TrustDomain | str, *segments: str) -> SpiffeId:
+        """Build an ID from path segments; each must be one valid segment (a '/' inside one is refused,
+        so a namespace like `x/sa/admin` can never smuggle extra segments into the ID)."""
         td = trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain.parse(trust_domain)
+        for segment in segments:
+            if not isinstance(segment, str):
+                raise InvalidSpiffeId("path segments must be strings")
+            if "/" in segment:
+                raise InvalidSpiffeId(f"path segment {segment!r} cannot contain '/'")
         path = "".join("/" + s for s in segments)
         problem = _path_error(path)
         if problem:
             raise InvalidSpiffeId(problem)
+        if _byte_len(SCHEME_PREFIX + td.name + path) > MAX_ID_BYTES:
+            raise InvalidSpiffeId(f"SPIFFE ID is longer than {MAX_ID_BYTES} bytes")
         return cls(td, path)
 
     @classmethod
