@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("secmesh.cli.policy", "Istio AuthorizationPolicy tools: check, lint, test, diff."),
     "agent": ("secmesh.cli.agent", "Node agent: SDS v3 and SPIFFE Workload API on a Unix socket."),
     "sidecar": ("secmesh.cli.sidecar", "The mTLS sidecar proxy."),
+    "inject": ("secmesh.cli.inject", "Add the secmesh sidecar to Kubernetes workload manifests (like istioctl kube-inject)."),
+    "demo": ("secmesh.cli.demo", "Run the whole path on loopback: CA, agent, two sidecars, allowed, denied, rotation."),
 }
 
 

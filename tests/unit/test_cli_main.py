@@ -6,7 +6,7 @@ from tests.support.proc import run_cli
 def test_help_lists_every_group():
     result = run_cli("--help")
     assert result.returncode == 0
-    for group in ("ca", "spiffe", "svid", "policy", "agent", "sidecar"):
+    for group in ("ca", "spiffe", "svid", "policy", "agent", "sidecar", "inject", "demo"):
         assert group in result.stdout
 
 
