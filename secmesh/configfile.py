@@ -86,7 +86,7 @@ def _convert(value: Any, tp: Any, *, field: str, where: str, path: str) -> Any:
             raise ConfigError(f"`{field}` must be a mapping", location=where, field=field)
         return _build(tp, value, path=path, prefix=field + ".")
     if origin in (list, tuple):
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise ConfigError(f"`{field}` must be a list", location=where, field=field)
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         items = [

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# secmesh's L4 sidecar pair in the shared 2-hop mTLS benchmark (../shared/bench/run.sh).
+#
+#   bench/sidecar.sh                       # direct, haproxy-tcp, haproxy-http and secmesh
+#   RUNS=1 DURATION=5s bench/sidecar.sh    # quick
+#   CONFIGS="direct haproxy-tcp secmesh" WORKERS=2 bench/sidecar.sh
+#
+# Every knob of run.sh (RUNS, DURATION, CONNS, URL_PATHS, HS_SECONDS, PIN, CONFIGS, KEEP …)
+# passes through. The kit is referenced, not copied: it must exist at ../shared/bench.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+KIT=${BENCH_KIT:-$REPO/../shared/bench/run.sh}
+if [[ ! -x $KIT && ! -f $KIT ]]; then
+  echo "bench/sidecar.sh: benchmark kit not found at $KIT (expected ../shared/bench/run.sh relative to the repo root;" \
+       "set BENCH_KIT=/path/to/run.sh)" >&2
+  exit 2
+fi
+PY=${PYTHON:-$REPO/.venv/bin/python}
+if [[ ! -x $PY ]]; then
+  echo "bench/sidecar.sh: no interpreter at $PY (run 'make test' once, or set PYTHON=)" >&2
+  exit 2
+fi
+WORKERS=${WORKERS:-1}
+# Access logging costs a JSON line per connection; keep it on (as deployed) unless ACCESS_LOG=0.
+ACCESS=$([[ ${ACCESS_LOG:-1} == 1 ]] && echo --access-log || echo --no-access-log)
+COMMON="--ca {CA} --cert {CERT} --key {KEY} --workers $WORKERS $ACCESS --log-level info"
+
+export CANDIDATE_NAME=${CANDIDATE_NAME:-secmesh}
+export CANDIDATE_INBOUND_CMD="env PYTHONPATH=$REPO $PY -m secmesh sidecar inbound --listen 127.0.0.1:{LISTEN_PORT} --upstream {UPSTREAM_HOST}:{UPSTREAM_PORT} $COMMON --allow-principal {PEER_ID}"
+export CANDIDATE_OUTBOUND_CMD="env PYTHONPATH=$REPO $PY -m secmesh sidecar outbound --listen 127.0.0.1:{LISTEN_PORT} --upstream {UPSTREAM_HOST}:{UPSTREAM_PORT} $COMMON --peer-id {PEER_ID}"
+export CONFIGS=${CONFIGS:-"direct haproxy-tcp haproxy-http $CANDIDATE_NAME"}
+exec bash "$KIT" "$@"

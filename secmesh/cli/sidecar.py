@@ -1,0 +1,133 @@
+"""`secmesh sidecar`: the mTLS sidecar, from a config file or ghostunnel-style flags.
+
+    secmesh sidecar --config configs/sidecar.yaml [--workers N]
+    secmesh sidecar inbound  --listen H:P --upstream H:P --ca CA --cert C --key K --allow-principal ID…
+    secmesh sidecar outbound --listen H:P --upstream H:P --ca CA --cert C --key K --peer-id ID…
+
+Heavy imports (uvloop, grpc, the Envoy protos) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from secmesh.errors import ConfigError
+
+
+def _fail(exc: ConfigError) -> None:
+    click.echo(f"secmesh sidecar: {exc}", err=True)
+    sys.exit(2)
+
+
+def _start(config: Any) -> None:
+    from secmesh import log as slog
+    from secmesh.sidecar.app import run_worker
+    from secmesh.sidecar.workers import run_workers
+
+    slog.setup(config.log_level)
+    sys.exit(run_workers(config.worker_count, lambda i: run_worker(config, i)))
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (configs/sidecar.yaml).")
+@click.option("--workers", type=int, help="Processes sharing each port (SO_REUSEPORT); 0 = one per core.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--admin", "admin_address", help="Admin HOST:PORT (loopback).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, workers: int | None, log_level: str | None,
+        admin_address: str | None) -> None:
+    """The mTLS sidecar proxy (L4): inbound terminates mTLS, outbound originates it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_path is None:
+        raise click.UsageError("give --config FILE, or use `secmesh sidecar inbound|outbound …`")
+    from secmesh.sidecar import config as sconfig
+
+    flags: dict[str, Any] = {"workers": workers, "log_level": log_level}
+    if admin_address is not None:
+        flags["admin"] = {"address": admin_address, "enabled": bool(admin_address)}
+    try:
+        config = sconfig.load(config_path, flags=flags)
+    except ConfigError as exc:
+        _fail(exc)
+    _start(config)
+
+
+def _common(fn: Any) -> Any:
+    options = [
+        click.option("--listen", required=True, help="HOST:PORT to accept on."),
+        click.option("--upstream", required=True, help="HOST:PORT to forward to."),
+        click.option("--ca", required=True, type=click.Path(exists=True, dir_okay=False), help="Trust bundle PEM."),
+        click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False), help="Cert chain PEM."),
+        click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="Private key PEM."),
+        click.option("--workers", default=1, show_default=True, type=int, help="Processes (SO_REUSEPORT)."),
+        click.option("--trust-domain", default=None,
+                     help="Peers' trust domain (default: taken from the first allowed/expected ID)."),
+        click.option("--min-tls", type=click.Choice(["1.2", "1.3"]), default="1.3", show_default=True),
+        click.option("--admin", "admin_address", default="", help="Admin HOST:PORT (loopback); off if empty."),
+        click.option("--access-log/--no-access-log", default=True, show_default=True),
+        click.option("--idle-timeout", default="1h", show_default=True),
+        click.option("--handshake-timeout", default="10s", show_default=True),
+        click.option("--max-connections", default=10000, show_default=True, type=int),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def _flag_config(kind: str, ids: tuple[str, ...], kw: dict[str, Any], **listener: Any) -> Any:
+    from secmesh.configfile import Duration, parse_duration
+    from secmesh.identity.spiffe import InvalidSpiffeId, SpiffeId
+    from secmesh.sidecar.config import (AdminConfig, CertsConfig, FileSourceConfig, ListenerConfig,
+                                        SidecarConfig, TlsConfig)
+
+    td = kw["trust_domain"]
+    if td is None:
+        td = ""
+        for pid in ids:
+            try:
+                td = SpiffeId.parse(pid.replace("/**", "/x").replace("/*", "/x")).trust_domain.name
+                break
+            except InvalidSpiffeId:
+                continue
+    try:
+        return SidecarConfig(
+            trust_domain=td, workers=kw["workers"], log_level=kw["log_level"], access_log=kw["access_log"],
+            admin=AdminConfig(address=kw["admin_address"], enabled=bool(kw["admin_address"])),
+            certs=CertsConfig(source="file", file=FileSourceConfig(cert=kw["cert"], key=kw["key"], bundle=kw["ca"])),
+            tls=TlsConfig(min_version=kw["min_tls"], handshake_timeout=Duration(parse_duration(kw["handshake_timeout"]))),
+            listeners=[ListenerConfig(name=kind, kind=kind, address=kw["listen"], upstream=kw["upstream"],
+                                      max_connections=kw["max_connections"],
+                                      idle_timeout=Duration(parse_duration(kw["idle_timeout"])), **listener)])
+    except ValueError as exc:
+        _fail(ConfigError(str(exc), location="flags"))
+
+
+@cli.command()
+@_common
+@click.option("--allow-principal", "allow", multiple=True, help="Allowed peer SPIFFE ID; `*` = one segment, "
+              "`**` = the rest (repeatable).")
+@click.option("--allow-all", is_flag=True, help="Admit any peer whose certificate verifies.")
+@click.option("--mtls-mode", type=click.Choice(["STRICT", "PERMISSIVE", "DISABLE"], case_sensitive=False),
+              default="STRICT", show_default=True, help="PeerAuthentication mode of the port.")
+def inbound(allow: tuple[str, ...], allow_all: bool, mtls_mode: str, **kw: Any) -> None:
+    """Terminate mTLS on --listen, authorize the peer, forward plaintext to --upstream."""
+    if not allow and not allow_all:
+        raise click.UsageError("give --allow-principal ID (repeatable) or --allow-all (fail closed otherwise)")
+    from secmesh.sidecar.config import MtlsMode
+
+    _start(_flag_config("inbound", allow, kw, allow_principals=list(allow), allow_all=allow_all,
+                        mtls_mode=MtlsMode(mtls_mode.upper())))
+
+
+@cli.command()
+@_common
+@click.option("--peer-id", "peer_ids", multiple=True, required=True, help="Expected server SPIFFE ID (repeatable).")
+@click.option("--sni", default="", help="SNI to send (default none).")
+def outbound(peer_ids: tuple[str, ...], sni: str, **kw: Any) -> None:
+    """Accept plaintext on --listen, originate mTLS to --upstream, check the server's SPIFFE ID."""
+    _start(_flag_config("outbound", peer_ids, kw, peer_ids=list(peer_ids), sni=sni))

@@ -1,0 +1,77 @@
+"""The sidecar's Prometheus metrics, registered on the one `secmesh.metrics.REGISTRY`.
+
+Label children are bound once and cached (pitfall P17): the data path only ever calls
+`.inc()` on a child it already holds, never `.labels()`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from prometheus_client import Counter, Gauge
+
+from secmesh.metrics import REGISTRY
+
+CONNECTIONS = Counter(
+    "secmesh_sidecar_connections", "Downstream connections by listener and result "
+    "(accepted, refused_limit, refused_plaintext, handshake_failed, denied, upstream_failed, closed).",
+    ["listener", "result"], registry=REGISTRY)
+ACTIVE = Gauge("secmesh_sidecar_active_connections", "Connections currently open, by listener.",
+               ["listener"], registry=REGISTRY)
+HANDSHAKE_FAILURES = Counter(
+    "secmesh_sidecar_handshake_failures", "TLS handshakes that failed, by listener and reason.",
+    ["listener", "reason"], registry=REGISTRY)
+AUTHZ = Counter(
+    "secmesh_sidecar_authz_decisions", "Connection-time (L4) authorization decisions, by listener, "
+    "decision and the policy that decided.", ["listener", "decision", "policy"], registry=REGISTRY)
+BYTES = Counter(
+    "secmesh_sidecar_bytes", "Bytes forwarded, by listener and direction (upstream = towards the "
+    "listener's upstream, downstream = back to the client).", ["listener", "direction"], registry=REGISTRY)
+CERT_EXPIRY = Gauge(
+    "secmesh_sidecar_cert_expiry_seconds", "Seconds until the held certificate expires (kind = leaf or root; "
+    "for the root, the earliest-expiring authority).", ["kind"], registry=REGISTRY)
+CERT_UPDATES = Counter(
+    "secmesh_sidecar_cert_updates", "Certificate material updates by source and result "
+    "(applied, rejected).", ["source", "result"], registry=REGISTRY)
+SDS_UPDATES = Counter("secmesh_sidecar_sds_updates", "SDS responses ACKed.", registry=REGISTRY)
+SDS_NACKS = Counter("secmesh_sidecar_sds_nacks", "SDS responses NACKed, by reason.", ["reason"],
+                    registry=REGISTRY)
+SDS_DISCONNECTS = Counter("secmesh_sidecar_sds_disconnects",
+                          "SDS streams lost or failed to open (agent down); the last good cert is kept.",
+                          registry=REGISTRY)
+READY = Gauge("secmesh_sidecar_ready", "1 when a certificate is held and listeners accept.", registry=REGISTRY)
+
+
+@lru_cache(maxsize=None)
+def connections(listener: str, result: str) -> Counter:
+    return CONNECTIONS.labels(listener, result)
+
+
+@lru_cache(maxsize=None)
+def active(listener: str) -> Gauge:
+    return ACTIVE.labels(listener)
+
+
+@lru_cache(maxsize=None)
+def handshake_failures(listener: str, reason: str) -> Counter:
+    return HANDSHAKE_FAILURES.labels(listener, reason)
+
+
+@lru_cache(maxsize=4096)
+def authz(listener: str, decision: str, policy: str) -> Counter:
+    return AUTHZ.labels(listener, decision, policy)
+
+
+@lru_cache(maxsize=None)
+def bytes_counter(listener: str, direction: str) -> Counter:
+    return BYTES.labels(listener, direction)
+
+
+@lru_cache(maxsize=None)
+def cert_updates(source: str, result: str) -> Counter:
+    return CERT_UPDATES.labels(source, result)
+
+
+@lru_cache(maxsize=None)
+def sds_nacks(reason: str) -> Counter:
+    return SDS_NACKS.labels(reason)
