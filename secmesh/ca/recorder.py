@@ -1,0 +1,70 @@
+"""Group commit of issuance records from the event loop into the ledger.
+
+Each request appends its record and awaits a future; one writer task takes everything pending,
+commits it in one transaction on a dedicated thread, and resolves the futures. Under load one
+fsync covers many certificates, the loop never blocks on SQLite, and a certificate is only
+returned once its record is durable (the log is the audit trail, so it must not lag behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from secmesh.ca import metrics
+from secmesh.ca.ledger import IssuanceRecord, Ledger
+
+_log = logging.getLogger("secmesh.ca.recorder")
+
+
+class BatchRecorder:
+    def __init__(self, ledger: Ledger, *, max_batch: int = 512) -> None:
+        self.ledger = ledger
+        self.max_batch = max_batch
+        self._pending: list[tuple[IssuanceRecord, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="secmesh-ledger")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+
+    async def record(self, record: IssuanceRecord) -> None:
+        if self._closing:
+            raise RuntimeError("issuance log is closing")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        self._wake.set()
+        await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                try:
+                    await loop.run_in_executor(self._executor, self.ledger.record, [r for r, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep the writer alive
+                    _log.error("issuance log write failed", extra={"fields": {"error": str(exc), "batch": len(batch)}})
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                metrics.LEDGER_BATCH.observe(len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+            if self._closing:
+                return
+
+    async def close(self) -> None:
+        """Commit what is pending, then stop the writer thread."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
