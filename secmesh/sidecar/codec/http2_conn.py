@@ -1,0 +1,386 @@
+"""The HTTP/2 connection both codec roles share: h2 events → the stream model, sans-I/O.
+
+What this adds to h2:
+- **Flow control end to end.** Received DATA is never acknowledged for the consumer: the
+  proxy calls `acknowledge_received(stream_id, n)` once it has passed `n` bytes on, so a slow
+  reader holds the writer back and memory stays bounded by the windows. Padding, and bytes of
+  streams that were reset or already answered, are handed back here. Outbound, see
+  `http2_send.py` (never overrun the peer's window; `StreamWritable` when a buffer drains).
+- **Soft limits as stream errors.** `max_concurrent_streams` and the header-list size are
+  advertised as configured, while h2 itself enforces twice that as a hard stop; over the soft
+  limit a stream is refused (REFUSED_STREAM, retryable) or answered 431, not the connection.
+- **Graceful GOAWAY** (`_keep_open_on_goaway`): streams below `last_stream_id` finish.
+- **Rapid reset** (`http2_guard.py`): GOAWAY(ENHANCE_YOUR_CALM) and a `ConnectionError`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import h2.events as ev
+from h2.config import H2Configuration
+from h2.connection import ConnectionInputs, H2Connection
+from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.exceptions import StreamClosedError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame, SettingsFrame
+
+from secmesh.sidecar.codec.http2_guard import RapidResetGuard, ResetLimits
+from secmesh.sidecar.codec.http2_send import SendQueue
+from secmesh.sidecar.codec.stream import (
+    CodecUsageError, ConnectionError, Data, ErrorCode, Event, GoAway, Headers, InformationalResponse,
+    Reason, RequestHeaders, ResponseHeaders, StreamReset, StreamWritable, Trailers,
+)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_FORBIDDEN = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                        b"upgrade", b"host", b"http2-settings"))
+STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
+_REMOTE_END, _LOCAL_END = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class H2Settings:
+    max_concurrent_streams: int = 100
+    initial_window_size: int = 1 << 20        # per stream
+    connection_window: int = 4 << 20
+    max_frame_size: int = 16384
+    max_header_list_size: int = 64 * 1024
+    resets: ResetLimits = ResetLimits()
+
+
+def _keep_open_on_goaway(conn: H2Connection) -> None:
+    """Make a graceful GOAWAY leave the connection usable for the streams below it.
+
+    h2 moves to CLOSED on any GOAWAY (later frames in the same read then raise) and discards
+    its unsent output (DATA whose window is already spent). RFC 9113 §6.8 says the streams up
+    to `last_stream_id` complete, so we swap in a handler that only reports the GOAWAY, and
+    still closes h2 for an error GOAWAY. Pinned by test_graceful_goaway_lets_open_streams_finish.
+    """
+    def receive_goaway(frame: GoAwayFrame) -> tuple[list, list]:
+        if frame.error_code:
+            conn.state_machine.process_input(ConnectionInputs.RECV_GOAWAY)
+        e = ev.ConnectionTerminated()
+        e.error_code, e.last_stream_id = frame.error_code, frame.last_stream_id
+        e.additional_data = frame.additional_data or None
+        return [], [e]
+
+    conn._frame_dispatch_table[GoAwayFrame] = receive_goaway  # noqa: SLF001 - see docstring
+
+
+def outbound_headers(headers: Headers) -> Headers:
+    return [(n, v) for n, v in headers
+            if n not in _FORBIDDEN and (n != b"te" or v == b"trailers")]
+
+
+class H2Codec:
+    protocol = "http2"
+    _client_side = False
+
+    def __init__(self, settings: H2Settings = H2Settings(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = s = settings
+        conn = self._h2 = H2Connection(H2Configuration(
+            client_side=self._client_side, header_encoding=None))
+        hard = {SettingCodes.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams * 2,
+                SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_list_size * 2,
+                SettingCodes.INITIAL_WINDOW_SIZE: s.initial_window_size,
+                SettingCodes.MAX_FRAME_SIZE: s.max_frame_size}
+        if self._client_side:
+            hard[SettingCodes.ENABLE_PUSH] = 0
+        conn.local_settings = Settings(client=self._client_side, initial_values=hard)
+        conn.decoder.max_header_list_size = s.max_header_list_size * 2
+        conn.max_inbound_frame_size = s.max_frame_size
+        _keep_open_on_goaway(conn)
+        conn.initiate_connection()
+        conn.data_to_send()                     # replaced by our SETTINGS with the soft values
+        advertised = SettingsFrame(0)
+        advertised.settings = dict(hard)
+        advertised.settings[SettingCodes.MAX_CONCURRENT_STREAMS] = s.max_concurrent_streams
+        advertised.settings[SettingCodes.MAX_HEADER_LIST_SIZE] = s.max_header_list_size
+        self._out: list[bytes] = [PREFACE if self._client_side else b"", advertised.serialize()]
+        if s.connection_window > 65535:
+            conn.increment_flow_control_window(s.connection_window - 65535)
+        self._guard = RapidResetGuard(s.resets, clock)
+        self._open: dict[int, int] = {}         # stream id → _REMOTE_END | _LOCAL_END bits
+        self._ignored: set[int] = set()
+        self._unacked: dict[int, int] = {}
+        self._send = SendQueue(conn, on_end=self._local_end, on_gone=self._forget,
+                               send_trailers=lambda sid, h: self._send_headers(sid, h, True))
+        self._fatal = False
+        self._draining = False
+        self._goaway_last: int | None = None     # from the peer
+        self._ready: list[Event] = []
+
+    # === state the I/O shell reads ===
+
+    @property
+    def should_close(self) -> bool:
+        return self._fatal or ((self._draining or self._goaway_last is not None) and not self._open)
+
+    @property
+    def wants_pause(self) -> bool:
+        return self._fatal
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._open)
+
+    def buffered(self, stream_id: int) -> int:
+        """Bytes accepted by send_data but held back by the peer's flow-control window."""
+        return self._send.buffered(stream_id)
+
+    # === input ===
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self._fatal or not data:
+            return self.ready_events()
+        try:
+            h2_events = self._h2.receive_data(data)
+        except H2ProtocolError as exc:
+            self._die(int(getattr(exc, "error_code", ErrorCode.PROTOCOL_ERROR)),
+                      Reason.PROTOCOL_ERROR, str(exc))
+            return self.ready_events()
+        out = self._ready
+        opened: set[int] = set()
+        dropped: set[int] = set()
+        for e in h2_events:
+            if self._fatal:
+                break
+            self._dispatch(e, out, opened, dropped)
+        if dropped:                              # opened and cancelled in one read: never surface
+            self._ready = [e for e in out if getattr(e, "stream_id", None) not in dropped]
+        return self.ready_events()
+
+    def receive_eof(self) -> list[Event]:
+        for sid in list(self._open):
+            self._ready.append(StreamReset(sid, ErrorCode.CANCEL, True, Reason.EOF))
+            self._forget(sid)
+        self._fatal = True
+        return self.ready_events()
+
+    def ready_events(self) -> list[Event]:
+        ready = self._ready
+        self._ready = []
+        return ready
+
+    def _dispatch(self, e: ev.Event, out: list[Event], opened: set[int], dropped: set[int]) -> None:
+        t = type(e)
+        if t is ev.DataReceived:
+            sid, data = e.stream_id, e.data
+            n, end = len(data), e.stream_ended is not None
+            if e.flow_controlled_length > n:      # padding: nobody consumes it
+                self._h2.acknowledge_received_data(e.flow_controlled_length - n, sid)
+            state = self._open.get(sid)
+            consumer = state is not None and sid not in self._ignored
+            if consumer and not (state & _LOCAL_END and not self._client_side):
+                self._unacked[sid] = self._unacked.get(sid, 0) + n
+            elif n:                               # answered already / ignored: give it back now
+                self._h2.acknowledge_received_data(n, sid)
+            if consumer:
+                out.append(Data(sid, data, end))
+            if end:
+                self._remote_end(sid)
+        elif t is ev.RequestReceived or t is ev.ResponseReceived or t is ev.TrailersReceived:
+            self._on_headers(e, out, opened)
+        elif t is ev.InformationalResponseReceived:
+            status = next((int(v) for n, v in e.headers if n == b":status"), 100)
+            out.append(InformationalResponse(e.stream_id, status, [h for h in e.headers if h[0][:1] != b":"]))
+        elif t is ev.StreamEnded:
+            sid = e.stream_id
+            if sid in self._open and not self._open[sid] & _REMOTE_END:
+                if sid not in self._ignored:
+                    out.append(Data(sid, b"", True))
+                self._remote_end(sid)
+        elif t is ev.StreamReset:
+            self._on_reset(e, out, opened, dropped)
+        elif t is ev.WindowUpdated:
+            self._window_opened(e.stream_id, out)
+        elif t is ev.RemoteSettingsChanged:
+            if SettingCodes.INITIAL_WINDOW_SIZE in e.changed_settings:
+                self._window_opened(0, out)
+        elif t is ev.ConnectionTerminated:
+            self._on_goaway(e, out)
+
+    def _on_headers(self, e: ev.Event, out: list[Event], opened: set[int]) -> None:
+        sid, end = e.stream_id, e.stream_ended is not None
+        if type(e) is ev.TrailersReceived:
+            if sid not in self._ignored and sid in self._open:
+                out.append(Trailers(sid, list(e.headers)))
+            self._remote_end(sid)
+            return
+        if type(e) is ev.RequestReceived:
+            if not self._accept_stream(sid, e.headers, end, out):
+                return
+            opened.add(sid)
+            out.append(self._request_event(sid, e.headers, end))
+        else:
+            status, headers = 0, []
+            for n, v in e.headers:
+                if n == b":status":
+                    status = int(v)
+                else:
+                    headers.append((n, v))
+            out.append(ResponseHeaders(sid, status, headers, end))
+        if end:
+            self._remote_end(sid)
+
+    def _accept_stream(self, sid: int, headers: list, end: bool, out: list[Event]) -> bool:
+        raise NotImplementedError
+
+    @staticmethod
+    def _request_event(sid: int, raw: list, end: bool) -> RequestHeaders:
+        method = scheme = authority = path = b""
+        host = b""
+        headers: Headers = []
+        for n, v in raw:
+            if n[:1] == b":":
+                if n == b":method":
+                    method = v
+                elif n == b":path":
+                    path = v
+                elif n == b":authority":
+                    authority = v
+                elif n == b":scheme":
+                    scheme = v
+            elif n == b"host":
+                host = v
+            else:
+                headers.append((n, v))
+        return RequestHeaders(sid, method, authority or host, path, scheme, headers, end, b"2")
+
+    def _on_reset(self, e: ev.StreamReset, out: list[Event], opened: set[int], dropped: set[int]) -> None:
+        sid = e.stream_id
+        state = self._open.get(sid)
+        if state is None and sid not in self._ignored:
+            return
+        if e.remote_reset and not self._client_side and state is not None and not state & _LOCAL_END:
+            if self._guard.premature_reset():
+                self._die(ErrorCode.ENHANCE_YOUR_CALM, Reason.RAPID_RESET,
+                          "too many streams reset before their response")
+                return
+            if sid in opened:
+                dropped.add(sid)
+        if sid not in self._ignored:
+            out.append(StreamReset(sid, int(e.error_code), e.remote_reset))
+        self._forget(sid)
+
+    def _on_goaway(self, e: ev.ConnectionTerminated, out: list[Event]) -> None:
+        out.append(GoAway(e.last_stream_id or 0, int(e.error_code)))
+        if e.error_code != ErrorCode.NO_ERROR:
+            for sid in list(self._open):
+                out.append(StreamReset(sid, int(e.error_code), True, Reason.PEER_GOAWAY))
+                self._forget(sid)
+            self._fatal = True
+            out.append(ConnectionError(Reason.PEER_GOAWAY, None, f"GOAWAY {int(e.error_code)}"))
+            return
+        self._goaway_last = last = e.last_stream_id or 0
+        if self._client_side:                    # ours above `last` were never seen: retryable
+            for sid in [s for s in self._open if s > last]:
+                out.append(StreamReset(sid, ErrorCode.REFUSED_STREAM, True, Reason.PEER_GOAWAY))
+                self._forget(sid)
+
+    # === stream bookkeeping ===
+
+    def _remote_end(self, sid: int) -> None:
+        state = self._open.get(sid)
+        if state is not None:
+            self._settle(sid, state | _REMOTE_END)
+
+    def _local_end(self, sid: int) -> None:
+        state = self._open.get(sid)
+        if state is not None:
+            self._settle(sid, state | _LOCAL_END)
+
+    def _settle(self, sid: int, state: int) -> None:
+        if state == _REMOTE_END | _LOCAL_END:
+            self._forget(sid)
+        else:
+            self._open[sid] = state
+
+    def _forget(self, sid: int) -> None:
+        """The stream is over: return whatever window the consumer still holds, drop buffers."""
+        self._open.pop(sid, None)
+        self._ignored.discard(sid)
+        self._send.drop(sid)
+        left = self._unacked.pop(sid, 0)
+        if left and not self._fatal:
+            self._h2.acknowledge_received_data(left, sid)
+
+    def _window_opened(self, sid: int, out: list[Event]) -> None:
+        for s in self._send.window_opened(sid):
+            if s in self._open:
+                out.append(StreamWritable(s))
+
+    def _die(self, code: int, reason: str, detail: str) -> None:
+        self._fatal = True
+        try:
+            self._h2.close_connection(error_code=code)
+        except H2ProtocolError:
+            pass
+        self._ready.append(ConnectionError(reason, None, detail))
+
+    # === output ===
+
+    def data_to_send(self) -> bytes:
+        self._out.append(self._h2.data_to_send())
+        out, self._out = self._out, []
+        return b"".join(out)
+
+    def acknowledge_received(self, stream_id: int, n: int) -> None:
+        held = self._unacked.get(stream_id, 0)
+        n = min(n, held)
+        if n <= 0 or self._fatal:
+            return
+        self._unacked[stream_id] = held - n
+        self._h2.acknowledge_received_data(n, stream_id)
+
+    def _send_headers(self, sid: int, headers: Headers, end: bool) -> None:
+        if self._fatal or sid not in self._open:
+            return                                # reset meanwhile: nothing to answer
+        try:
+            self._h2.send_headers(sid, headers, end_stream=end)
+        except StreamClosedError:
+            self._forget(sid)
+            return
+        except H2ProtocolError as exc:
+            raise CodecUsageError(f"stream {sid}: {exc}") from exc
+        if end:
+            self._local_end(sid)
+
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> None:
+        if not self._fatal and stream_id in self._open:
+            self._send.data(stream_id, data, end_stream)
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        if self._fatal or stream_id not in self._open:
+            return
+        headers = outbound_headers(headers)
+        if not self._send.trailers(stream_id, headers):
+            self._send_headers(stream_id, headers, True)
+
+    def reset_stream(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
+        if self._fatal or stream_id not in self._open:
+            return
+        try:
+            self._h2.reset_stream(stream_id, error_code)
+        except StreamClosedError:
+            pass
+        self._forget(stream_id)
+
+    def _goaway(self, last_stream_id: int, code: int = ErrorCode.NO_ERROR) -> None:
+        """Send GOAWAY without telling h2, which would otherwise stop all streams at once."""
+        self._out.append(self._h2.data_to_send())
+        self._out.append(GoAwayFrame(0, last_stream_id=last_stream_id, error_code=code).serialize())
+
+    def close(self) -> None:
+        if not self._fatal:
+            try:
+                self._h2.close_connection()
+            except H2ProtocolError:
+                pass
+        self._fatal = True
+
+
