@@ -10,10 +10,11 @@ PYTEST_ARGS ?=
 
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: all test demo proto bench lint-policies clean-venv help
+.PHONY: all test demo ca-demo proto bench clean-venv help
 
 help:
-	@echo "make demo     - run the CA demo (init, issue, verify with openssl) in a temporary directory"
+	@echo "make demo     - run the whole mesh on loopback: CA, agents, sidecars; allowed, denied, plaintext, rotation"
+	@echo "make ca-demo  - the CA alone: init, issue, verify with openssl, revoke, CRL, SPIFFE bundle"
 	@echo "make test     - run the whole test suite (unit, conformance, fuzz, integration)"
 	@echo "make proto    - regenerate the gRPC stubs from secmesh/proto/*.proto"
 	@echo "make bench    - run the benchmarks in bench/"
@@ -30,7 +31,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO_ARGS)
+
+ca-demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/ca-demo.sh
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
