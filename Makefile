@@ -10,14 +10,15 @@ PYTEST_ARGS ?=
 
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: all test demo ca-demo proto bench clean-venv help
+.PHONY: all test demo ca-demo proto bench lint-policies clean-venv help
 
 help:
 	@echo "make demo     - run the whole mesh on loopback: CA, agents, sidecars; allowed, denied, plaintext, rotation"
 	@echo "make ca-demo  - the CA alone: init, issue, verify with openssl, revoke, CRL, SPIFFE bundle"
 	@echo "make test     - run the whole test suite (unit, conformance, fuzz, integration)"
 	@echo "make proto    - regenerate the gRPC stubs from secmesh/proto/*.proto"
-	@echo "make bench    - run the benchmarks in bench/"
+	@echo "make lint-policies - lint and test the policies in policies/ with secmesh itself"
+	@echo "make bench    - run the benchmarks in bench/ (sidecar: bench/sidecar.sh, needs haproxy nginx wrk)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +40,15 @@ ca-demo: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
+lint-policies: $(STAMP)
+	$(BIN)/python -m secmesh policy lint --strict policies/
+	$(BIN)/python -m secmesh policy test --coverage policies/
+
 bench: $(STAMP)
 	$(BIN)/python bench/ca_issue.py
+	$(BIN)/python bench/authz.py
+	$(BIN)/python bench/policy_tools.py
+	$(BIN)/python bench/sds_fanout.py
 
 clean-venv:
 	rm -rf $(VENV)

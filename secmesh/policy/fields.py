@@ -13,7 +13,7 @@ import re
 from typing import Any, Callable, Iterable
 
 from secmesh.errors import PolicyError
-from secmesh.policy.yamlsrc import Node
+from secmesh.policy.yamlsrc import Node, report
 
 
 def _fields(node: Node, allowed: Iterable[str], what: str) -> None:
@@ -23,11 +23,12 @@ def _fields(node: Node, allowed: Iterable[str], what: str) -> None:
     allowed = tuple(allowed)
     for key in node.value:
         if not isinstance(key, str):
-            raise PolicyError(f"{node.path or what}: field names must be strings, found {key!r}",
-                              location=str(node.key_pos(key)), field=node.path, reason="type")
-        if key not in allowed:
-            raise PolicyError(f"{_join(node.path, key)}: unknown field {key!r} in {what}{_suggest(key, allowed)}",
-                              location=str(node.key_pos(key)), field=_join(node.path, key), reason="unknown_field")
+            report(PolicyError(f"{node.path or what}: field names must be strings, found {key!r}",
+                               location=str(node.key_pos(key)), field=node.path, reason="type"))
+        elif key not in allowed:  # reported, then ignored: the rest of the object is still read
+            report(PolicyError(f"{_join(node.path, key)}: unknown field {key!r} in {what}{_suggest(key, allowed)}",
+                               location=str(node.key_pos(key)), field=_join(node.path, key),
+                               reason="unknown_field"))
 
 
 def _join(path: str, key: str) -> str:

@@ -19,7 +19,7 @@ from secmesh.policy.fields import _bool, _enum, _fields, _list_of, _opt, _str, _
 from secmesh.policy.model import (Action, AuthorizationPolicy, ClaimToHeader, Condition, JwtHeader, JwtRule, Meta,
                                   MtlsMode, Operation, PeerAuthentication, PolicySet, PortMtls, RequestAuthentication,
                                   Rule, Source, TargetRef)
-from secmesh.policy.yamlsrc import Document, Node, load_documents, parse_stream
+from secmesh.policy.yamlsrc import Document, Node, load_documents, parse_stream, report
 
 GROUP = "security.istio.io"
 VERSIONS = ("v1", "v1beta1")
@@ -46,38 +46,73 @@ def load_policies(path: str | Path) -> PolicySet:
     return documents_to_policies(load_documents(path))
 
 
+def load_tree(paths: Iterable[str | Path]) -> PolicySet:
+    """The CI tools' loader: several paths, strictly; documents that are not Kubernetes objects
+    (a mapping without apiVersion/kind, a stray list) are errors here, not skipped."""
+    docs: list[Document] = []
+    for p in paths:
+        docs.extend(load_documents(p))
+    return documents_to_policies(docs, require_objects=True)
+
+
 def loads_policies(text: str, filename: str = "<string>") -> PolicySet:
     return documents_to_policies(parse_stream(text, filename))
 
 
-def documents_to_policies(docs: Iterable[Document]) -> PolicySet:
+def documents_to_policies(docs: Iterable[Document], require_objects: bool = False) -> PolicySet:
     aps: list[AuthorizationPolicy] = []
     pas: list[PeerAuthentication] = []
     ras: list[RequestAuthentication] = []
     skipped: list[tuple[str, Any]] = []
     order = 0
     for doc in docs:
-        for node in _expand_lists(Node(doc.data, doc.file, doc.pos, "")):
-            kind = _kind_of(node)
+        for node in expand_lists(doc_node(doc)):
+            if require_objects and not is_object(node) and node.value.get("kind") not in KINDS:
+                missing = " and ".join(k for k in ("apiVersion", "kind") if not isinstance(node.value.get(k), str))
+                raise node.error(f"not a Kubernetes object: missing or non-string {missing}", reason="not_object")
+            kind = kind_of(node)
             if kind is None:
                 skipped.append((_scalar_or(node, "kind", "?"), node.pos))
                 continue
             order += 1
-            obj = _PARSERS[kind](node, order)
+            obj = parse_object(kind, node, order)
             (aps if kind == KINDS[0] else pas if kind == KINDS[1] else ras).append(obj)
     return PolicySet(tuple(aps), tuple(pas), tuple(ras), tuple(skipped))
 
 
-def _expand_lists(node: Node) -> Iterable[Node]:
+def policy_set(objects: Iterable[Any], skipped: Iterable[tuple[str, Any]] = ()) -> PolicySet:
+    """Objects parsed one by one (the linter's way) → a PolicySet, in the order given."""
+    objs = list(objects)
+    return PolicySet(tuple(o for o in objs if isinstance(o, AuthorizationPolicy)),
+                     tuple(o for o in objs if isinstance(o, PeerAuthentication)),
+                     tuple(o for o in objs if isinstance(o, RequestAuthentication)), tuple(skipped))
+
+
+def doc_node(doc: Document) -> Node:
+    return Node(doc.data, doc.file, doc.pos, "")
+
+
+def parse_object(kind: str, node: Node, order: int) -> Any:
+    """One security object (`kind` from `kind_of`) → its model; raises PolicyError."""
+    return _PARSERS[kind](node, order)
+
+
+def is_object(node: Node) -> bool:
+    """A Kubernetes object has string `apiVersion` and `kind` (anything else is not one)."""
+    return node.is_map() and isinstance(node.value.get("apiVersion"), str) and isinstance(node.value.get("kind"), str)
+
+
+def expand_lists(node: Node) -> Iterable[Node]:
     """A `kind: List` (what `kubectl get -o yaml` prints) contributes its items."""
     if not node.is_map():
-        raise node.error("a document must be a mapping (a Kubernetes object)", reason="type")
+        raise node.error(f"a document must be a mapping (a Kubernetes object), found {_type_name(node.value)}",
+                         reason="not_object")
     if node.value.get("kind") == "List" and "items" in node.value:
         items = node.child("items")
         if not items.is_seq():
             raise items.error("must be a list", reason="type")
         for item in items.items():
-            yield from _expand_lists(item)
+            yield from expand_lists(item)
     else:
         yield node
 
@@ -87,7 +122,7 @@ def _scalar_or(node: Node, key: str, default: str) -> str:
     return v if isinstance(v, str) else default
 
 
-def _kind_of(node: Node) -> str | None:
+def kind_of(node: Node) -> str | None:
     """Our kind, None for foreign documents; errors only for our group with a bad version."""
     api = node.value.get("apiVersion")
     kind = node.value.get("kind")
@@ -182,7 +217,7 @@ def _from(node: Node) -> Source:
     _fields(node, ("source",), "Rule.From")
     src = _opt(node, "source")
     if src is None:
-        raise node.error("`from.source` must not be nil", reason="invalid")
+        raise node.error("`from.source` must not be nil", reason="empty_value")
     return _source(src)
 
 
@@ -190,7 +225,7 @@ def _to(node: Node) -> Operation:
     _fields(node, ("operation",), "Rule.To")
     op = _opt(node, "operation")
     if op is None:
-        raise node.error("`to.operation` must not be nil", reason="invalid")
+        raise node.error("`to.operation` must not be nil", reason="empty_value")
     return _operation(op)
 
 
@@ -206,9 +241,9 @@ def _rule(node: Node) -> Rule:
     froms = _list_of(_opt(node, "from"), _from)
     tos = _list_of(_opt(node, "to"), _to)
     if froms is not None and not froms:
-        raise node.child("from").error("`from` must not be empty", reason="invalid")
+        report(node.child("from").error("`from` must not be empty", reason="empty_value"))
     if tos is not None and not tos:
-        raise node.child("to").error("`to` must not be empty", reason="invalid")
+        report(node.child("to").error("`to` must not be empty", reason="empty_value"))
     return Rule(from_=froms, to=tos, when=_list_of(_opt(node, "when"), _condition) or (), pos=node.pos)
 
 
@@ -248,8 +283,9 @@ def _peer_authentication(node: Node, order: int) -> PeerAuthentication:
             except (TypeError, ValueError):
                 port = -1
             if port <= 0 or port > 65535:
-                raise PolicyError(f"{pl.path}: port must be in range 1..65535, found {key!r}",
-                                  location=str(pl.key_pos(key)), field=pl.path, reason="invalid")
+                report(PolicyError(f"{pl.path}: port must be in range 1..65535, found {key!r}",
+                                   location=str(pl.key_pos(key)), field=pl.path, reason="port_level"))
+                continue
             child = pl.child(key)
             ports.append(PortMtls(port, _mode(child) if child.value is not None else MtlsMode.UNSET, child.pos))
     pa = PeerAuthentication(meta=meta, selector=_selector(spec), mode=_mode(mtls) if mtls is not None else None,
@@ -283,7 +319,7 @@ def _jwt_rule(node: Node) -> JwtRule:
     if (t := _opt(node, "timeout")) is not None:
         m = _DURATION.match(_str(t))
         if not m or float(m.group(1)) < 0.001:
-            raise t.error("must be a duration of at least 1ms such as '5s' or '0.5s'", reason="invalid")
+            raise t.error("must be a duration of at least 1ms such as '5s' or '0.5s'", reason="jwt")
         timeout = float(m.group(1))
     fwd = _opt(node, "forwardOriginalToken")
     return JwtRule(issuer=s("issuer"), audiences=_str_list(_opt(node, "audiences")), jwks_uri=s("jwksUri"),

@@ -61,7 +61,11 @@ def parse_request(text: str, filename: str = "<request>",
     if len(docs) != 1:
         raise PolicyError(f"expected exactly one request object, found {len(docs)}", location=f"{filename}:1:1",
                           reason="request")
-    root = Node(docs[0].data, filename, docs[0].pos, "")
+    return request_from_node(Node(docs[0].data, filename, docs[0].pos, ""), normalization)
+
+
+def request_from_node(root: Node, normalization: PathNormalization = PathNormalization.BASE) -> CheckRequest:
+    """The same schema read from a positioned YAML node (a `policy test` case's `request:`)."""
     _check(root, "")
     ns = _opt(root, "workload")
     workload = Workload("default", {})

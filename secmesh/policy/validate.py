@@ -3,7 +3,9 @@
 Transcribed from the rules of Istio's admission webhook (`ValidateAuthorizationPolicy`,
 `ValidatePeerAuthentication`, `ValidateRequestAuthentication` and the `security` helpers):
 messages keep Istio's wording so users can search for them. Each error points at the
-offending value (`file:line:col`) through the YAML node it came from.
+offending value (`file:line:col`) through the YAML node it came from, and carries a
+`reason` that `policy lint` maps to a documented code (see `lintcodes.py`). Problems are
+`report`ed, not raised: the loader stops at the first (fail closed), the linter collects all.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Iterable
 
 from secmesh.policy.pathmatch import template_error
 from secmesh.policy.model import Action, AuthorizationPolicy, PeerAuthentication, RequestAuthentication
-from secmesh.policy.yamlsrc import Node
+from secmesh.policy.yamlsrc import Node, report
 
 MAX_RULES = 512
 HTTP_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")
@@ -49,19 +51,20 @@ def workload_selector(node: Node, labels: dict[str, str]) -> None:
     for key, value in labels.items():
         where = at(node, "matchLabels", key)
         if key == "" or "*" in key or "*" in value:
-            raise where.error("wildcard is not supported in selector" if "*" in key + value
-                              else "empty key is not supported in selector")
+            report(where.error("wildcard is not supported in selector" if "*" in key + value
+                               else "empty key is not supported in selector", reason="selector"))
+            continue
         prefix, _, name = key.rpartition("/")
         if (prefix and not _DNS_SUBDOMAIN.match(prefix)) or not name or not _LABEL_NAME.match(name):
-            raise where.error(f"invalid label key {key!r}")
+            report(where.error(f"invalid label key {key!r}", reason="selector"))
         if len(value) > 63 or not _LABEL_NAME.match(value):
-            raise where.error(f"invalid label value {value!r}")
+            report(where.error(f"invalid label value {value!r}", reason="selector"))
 
 
 def _nonempty(node: Node, path: tuple[Any, ...], field: str, values: Iterable[str]) -> None:
     for k, v in enumerate(values):
         if v == "":
-            raise at(node, *path, k).error(f"empty value not allowed, found in {field}")
+            report(at(node, *path, k).error(f"empty value not allowed, found in {field}", reason="empty_value"))
 
 
 def _ips(node: Node, path: tuple[Any, ...], values: Iterable[str]) -> None:
@@ -73,29 +76,33 @@ def _ips(node: Node, path: tuple[Any, ...], values: Iterable[str]) -> None:
                 ipaddress.ip_address(v)
         except ValueError:
             kind = "CIDR range" if "/" in v else "IP address"
-            raise at(node, *path, k).error(f"bad {kind} ({v})") from None
+            report(at(node, *path, k).error(f"bad {kind} ({v})", reason="ip"))
 
 
 def _ports(node: Node, path: tuple[Any, ...], values: Iterable[str]) -> None:
     for k, v in enumerate(values):
         if not v.isdigit() or not v.isascii() or int(v) > 65535:
-            raise at(node, *path, k).error(f"bad port ({v})")
+            report(at(node, *path, k).error(f"bad port ({v})", reason="port"))
 
 
 def _service_accounts(node: Node, path: tuple[Any, ...], field: str, values: tuple[str, ...]) -> None:
     if len(values) > 16:
-        raise at(node, *path).error("may not have more than 16 values")
+        report(at(node, *path).error("may not have more than 16 values", reason="too_many"))
     for k, v in enumerate(values):
         where = at(node, *path, k)
         if v == "":
-            raise where.error(f"empty value not allowed, found in {field}")
+            report(where.error(f"empty value not allowed, found in {field}", reason="empty_value"))
+            continue
         if "*" in v:
-            raise where.error(f"wildcard not allowed, found in {field}")
+            report(where.error(f"wildcard not allowed, found in {field}", reason="service_account"))
+            continue
         ns, slash, sa = v.partition("/")
         if v.count("/") > 1 or (slash and (not ns or not sa)):
-            raise where.error(f"expected format 'serviceAccount' or 'namespace/serviceAccount', found {v!r} in {field}")
-        if len(v) > 320:
-            raise where.error(f"value cannot exceed 320 characters, found {v!r} in {field}")
+            report(where.error(f"expected format 'serviceAccount' or 'namespace/serviceAccount', found {v!r} in "
+                               f"{field}", reason="service_account"))
+        elif len(v) > 320:
+            report(where.error(f"value cannot exceed 320 characters, found {v!r} in {field}",
+                               reason="service_account"))
 
 
 def _map_key(key: str) -> bool:
@@ -138,31 +145,35 @@ def attribute_error(key: str, values: tuple[str, ...]) -> str | None:
 
 def authorization_policy(ap: AuthorizationPolicy, spec: Node) -> None:
     if ap.selector is not None and ap.target_refs:
-        raise spec.error("only one of targetRefs or workloadSelector can be set")
+        report(spec.error("only one of targetRefs or workloadSelector can be set", reason="conflict"))
     if ap.action is Action.CUSTOM:
         if ap.rules is None:
-            raise spec.error("CUSTOM action without `rules` is meaningless as it will never be triggered, "
-                             "add an empty rule `{}` if you want it be triggered for every request")
+            report(at(spec, "action").error(
+                "CUSTOM action without `rules` is meaningless as it will never be triggered, "
+                "add an empty rule `{}` if you want it be triggered for every request", reason="rules_required"))
         if not ap.provider:
-            raise at(spec, "provider").error("`provider.name` must not be empty")
+            report(at(spec, "provider").error("`provider.name` must not be empty", reason="custom_provider"))
     elif ap.provider is not None:
-        raise at(spec, "provider").error(f"`provider` must not be with non CUSTOM action, found {ap.action.value}")
+        report(at(spec, "provider").error(f"`provider` must not be with non CUSTOM action, found {ap.action.value}",
+                                          reason="custom_provider"))
     if ap.action is Action.DENY and ap.rules is None:
-        raise spec.error("DENY action without `rules` is meaningless as it will never be triggered, "
-                         "add an empty rule `{}` if you want it be triggered for every request")
+        report(at(spec, "action").error(
+            "DENY action without `rules` is meaningless as it will never be triggered, "
+            "add an empty rule `{}` if you want it be triggered for every request", reason="rules_required"))
     rules = ap.rules or ()
     if len(rules) > MAX_RULES:
-        raise at(spec, "rules").error(f"must have at most {MAX_RULES} rules")
+        report(at(spec, "rules").error(f"must have at most {MAX_RULES} rules", reason="too_many"))
     for i, rule in enumerate(rules):
         for j, src in enumerate(rule.from_ or ()):
             base = ("rules", i, "from", j, "source")
             where = at(spec, *base)
             lists = {name: getattr(src, name) for name in src.__slots__ if name != "pos"}
             if not any(lists.values()):
-                raise where.error(f"`from.source` must not be empty, found at rule {i}")
+                report(where.error(f"`from.source` must not be empty, found at rule {i}", reason="empty_value"))
             if (src.principals or src.not_principals or src.namespaces or src.not_namespaces) and \
                     (src.service_accounts or src.not_service_accounts):
-                raise where.error(f"cannot set serviceAccounts with namespaces or principals, found at rule {i}")
+                report(where.error(f"cannot set serviceAccounts with namespaces or principals, found at rule {i}",
+                                   reason="conflict"))
             for name, camel in (("ip_blocks", "ipBlocks"), ("not_ip_blocks", "notIpBlocks"),
                                 ("remote_ip_blocks", "remoteIpBlocks"), ("not_remote_ip_blocks", "notRemoteIpBlocks")):
                 _nonempty(spec, base + (camel,), camel, lists[name])
@@ -177,12 +188,14 @@ def authorization_policy(ap: AuthorizationPolicy, spec: Node) -> None:
                 for name in ("namespaces", "not_namespaces", "service_accounts", "not_service_accounts",
                              "principals", "not_principals", "request_principals", "not_request_principals"):
                     if lists[name]:
-                        raise where.error(f"From.{name} is currently not supported with CUSTOM action")
+                        report(where.error(f"From.{name} is currently not supported with CUSTOM action",
+                                           reason="custom_field"))
         for j, op in enumerate(rule.to or ()):
             base = ("rules", i, "to", j, "operation")
             if not any((op.hosts, op.not_hosts, op.ports, op.not_ports, op.methods, op.not_methods, op.paths,
                         op.not_paths)):
-                raise at(spec, *base).error(f"`to.operation` must not be empty, found at rule {i}")
+                report(at(spec, *base).error(f"`to.operation` must not be empty, found at rule {i}",
+                                            reason="empty_value"))
             for camel, values in (("hosts", op.hosts), ("notHosts", op.not_hosts), ("ports", op.ports),
                                   ("notPorts", op.not_ports), ("methods", op.methods), ("notMethods", op.not_methods),
                                   ("paths", op.paths), ("notPaths", op.not_paths)):
@@ -193,67 +206,73 @@ def authorization_policy(ap: AuthorizationPolicy, spec: Node) -> None:
                 for k, p in enumerate(values):
                     problem = template_error(p)
                     if problem:
-                        raise at(spec, *base, camel, k).error(f"invalid or unsupported path {p}: {problem}")
+                        report(at(spec, *base, camel, k).error(f"invalid or unsupported path {p}: {problem}",
+                                                               reason="path"))
         for j, cond in enumerate(rule.when):
             where = at(spec, "rules", i, "when", j)
             if cond.key == "":
-                raise where.error("`key` must not be empty")
+                report(where.error("`key` must not be empty", reason="condition"))
+                continue
             if not cond.values and not cond.not_values:
-                raise where.error(f"at least one of `values` or `notValues` must be set for key {cond.key}")
+                report(where.error(f"at least one of `values` or `notValues` must be set for key {cond.key}",
+                                   reason="condition"))
             for field, values in (("values", cond.values), ("notValues", cond.not_values)):
                 problem = attribute_error(cond.key, values) if values else None
                 if problem:
                     name = "value" if field == "values" else "notValue"
                     bad = [k for k, v in enumerate(values) if attribute_error(cond.key, (v,)) == problem]
                     node = at(where, field, bad[0]) if bad else at(where, field)
-                    raise node.error(f"invalid `{name}` for `key` {cond.key}: {problem}")
+                    report(node.error(f"invalid `{name}` for `key` {cond.key}: {problem}", reason="condition"))
             if ap.action is Action.CUSTOM and (cond.key in ("source.namespace", "source.serviceAccount",
                                                             "source.principal") or
                                                cond.key.startswith("request.auth.")):
-                raise where.error(f"{cond.key} is currently not supported with CUSTOM action")
+                report(where.error(f"{cond.key} is currently not supported with CUSTOM action", reason="custom_field"))
 
 
 def peer_authentication(pa: PeerAuthentication, spec: Node) -> None:
     if not pa.selector and pa.port_level:
-        raise at(spec, "portLevelMtls").error("mesh/namespace peer authentication cannot have port level mTLS")
+        report(at(spec, "portLevelMtls").error("mesh/namespace peer authentication cannot have port level mTLS",
+                                               reason="port_level"))
     if "portLevelMtls" in spec.value and spec.value["portLevelMtls"] is not None and not pa.port_level:
-        raise at(spec, "portLevelMtls").error("port level mTLS, if defined, must have at least one element")
+        report(at(spec, "portLevelMtls").error("port level mTLS, if defined, must have at least one element",
+                                               reason="port_level"))
 
 
 def request_authentication(ra: RequestAuthentication, spec: Node) -> None:
     if ra.selector is not None and ra.target_refs:
-        raise spec.error("only one of targetRefs or workloadSelector can be set")
+        report(spec.error("only one of targetRefs or workloadSelector can be set", reason="conflict"))
     if len(ra.jwt_rules) > 4096:
-        raise at(spec, "jwtRules").error("must have at most 4096 rules")
+        report(at(spec, "jwtRules").error("must have at most 4096 rules", reason="too_many"))
     for i, rule in enumerate(ra.jwt_rules):
         where = at(spec, "jwtRules", i)
         for k, aud in enumerate(rule.audiences):
             if aud == "":
-                raise at(where, "audiences", k).error("audience must be non-empty string")
+                report(at(where, "audiences", k).error("audience must be non-empty string", reason="jwt"))
         if not rule.issuer and not rule.jwks_uri:
-            raise where.error("issuer or jwksUri must be non-empty string")
+            report(where.error("issuer or jwksUri must be non-empty string", reason="jwt"))
         if rule.jwks_uri and not re.match(r"^https?://[^/?#]+", rule.jwks_uri):
             scheme = rule.jwks_uri.partition("://")[0] if "://" in rule.jwks_uri else ""
-            raise at(where, "jwksUri").error(f"URI scheme {scheme!r} is not supported")
+            report(at(where, "jwksUri").error(f"URI scheme {scheme!r} is not supported", reason="jwt"))
         if rule.jwks:
             problem = jwks_error(rule.jwks)
             if problem:
-                raise at(where, "jwks").error(f"jwks parse error: {problem}")
+                report(at(where, "jwks").error(f"jwks parse error: {problem}", reason="jwt"))
         for k, h in enumerate(rule.from_headers):
             if not h.name:
-                raise at(where, "fromHeaders", k).error("location header name must be non-empty string")
+                report(at(where, "fromHeaders", k).error("location header name must be non-empty string", reason="jwt"))
         for k, p in enumerate(rule.from_params):
             if not p:
-                raise at(where, "fromParams", k).error("location query must be non-empty string")
+                report(at(where, "fromParams", k).error("location query must be non-empty string", reason="jwt"))
         for k, c in enumerate(rule.from_cookies):
             if not c:
-                raise at(where, "fromCookies", k).error("cookie name must be non-empty string")
+                report(at(where, "fromCookies", k).error("cookie name must be non-empty string", reason="jwt"))
         for k, ch in enumerate(rule.output_claim_to_headers):
             if not ch.claim or not ch.header:
-                raise at(where, "outputClaimToHeaders", k).error(
-                    "outputClaimToHeaders header and claim value must be non-empty string")
-            if not HTTP_HEADER_NAME.match(ch.header):
-                raise at(where, "outputClaimToHeaders", k, "header").error(f"invalid HTTP header name {ch.header!r}")
+                report(at(where, "outputClaimToHeaders", k).error(
+                    "outputClaimToHeaders header and claim value must be non-empty string", reason="jwt"))
+            elif not HTTP_HEADER_NAME.match(ch.header):
+                report(at(where, "outputClaimToHeaders", k, "header").error(
+                    f"invalid HTTP header name {ch.header!r}", reason="jwt"))
 
 
 def jwks_error(text: str) -> str | None:
