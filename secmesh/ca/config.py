@@ -7,6 +7,7 @@ written as `24h`, `90d`, `30m`, `10s` (or combined, `1h30m`) everywhere: flags, 
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ DEFAULT_INTERMEDIATE_TTL = _dt.timedelta(days=1825)
 DEFAULT_SERVER_CERT_TTL = _dt.timedelta(hours=24)
 CLOCK_SKEW = _dt.timedelta(minutes=2)  # istio's ClockSkewGracePeriod: NotBefore is backdated by this
 DEFAULT_AUDIENCE = "istio-ca"
-CA_SERVICE_ACCOUNT = ("istio-system", "secmesh-ca")  # the serving cert's SPIFFE ID: /ns/istio-system/sa/secmesh-ca
+CA_SERVICE_ACCOUNT = ("istio-system", "secmesh-ca")  # default serving-cert SPIFFE ID: /ns/istio-system/sa/secmesh-ca
 
 
 def parse_ttl(text: str | int | float | _dt.timedelta, *, what: str = "duration") -> _dt.timedelta:
@@ -68,6 +69,19 @@ class ServeConfig:
     grace_seconds: float = 5.0
     token_leeway_seconds: int = 30
     log_level: str = "info"
+    # 0 = one worker process per CPU this process may run on; 1 = serve in this process
+    workers: int = 0
+    # extra DNS SANs on the serving certificate (e.g. secmesh-ca.secmesh-system.svc)
+    server_dns: list[str] = field(default_factory=list)
+    # the serving certificate's SPIFFE ID is spiffe://TD/ns/<server_namespace>/sa/<server_service_account>;
+    # an empty namespace means $POD_NAMESPACE, else istio-system
+    server_namespace: str = ""
+    server_service_account: str = CA_SERVICE_ACCOUNT[1]
+    # for an https JWKS URL: a bearer-token file sent (re-read) on every fetch, and the CA bundle to trust
+    jwks_token_file: str = ""
+    jwks_ca: str = ""
+    # how often the CA directory is checked for a `ca rotate`; 0 = never
+    reload_interval: Duration = Duration(5.0)
 
     def __post_init__(self) -> None:
         if self.default_ttl <= 0 or self.max_ttl <= 0:
@@ -79,6 +93,27 @@ class ServeConfig:
         parse_hostport(self.listen, what="listen")
         if self.admin:
             parse_hostport(self.admin, what="admin")
+        if self.workers < 0:
+            raise ValueError("`workers` must be >= 0 (0 = one per CPU)")
+        if self.reload_interval < 0:
+            raise ValueError("`reload_interval` must be >= 0 (0 = off)")
+        if (self.jwks_token_file or self.jwks_ca) and self.jwks and not self.jwks.startswith("https://"):
+            raise ValueError("`jwks_token_file` and `jwks_ca` need an https:// `jwks` URL")
+
+    def worker_count(self) -> int:
+        """`workers`, with 0 resolved to the CPUs this process may use (its affinity mask)."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+
+    def server_identity(self, environ: dict[str, str] | None = None) -> tuple[str, str]:
+        """(namespace, service account) of the serving certificate's SPIFFE ID."""
+        env = os.environ if environ is None else environ
+        return self.server_namespace or env.get("POD_NAMESPACE", "") or CA_SERVICE_ACCOUNT[0], \
+            self.server_service_account
 
 
 def load_serve_config(path: Path | str | None, flags: dict) -> ServeConfig:

@@ -97,6 +97,32 @@ class Ledger(Protocol):
     def record(self, records: Sequence[IssuanceRecord]) -> None:
         """Insert a batch atomically (one transaction)."""
 
+    def try_record(self, records: Sequence[IssuanceRecord]) -> bool:
+        """`record` without waiting: False (nothing written) when another thread or process holds the lock.
+
+        Lets the event loop commit a batch itself in the common, uncontended case (no thread hand-off,
+        no GIL ping-pong) and fall back to `record` on a thread only when it would have to wait.
+        """
+        if not records or not self._lock.acquire(blocking=False):
+            return not records
+        try:
+            self._db.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+            try:
+                self._db.executemany(f"INSERT INTO issuance ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", _rows(records))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return True
+        finally:
+            self._lock.release()
+
     def get(self, serial: str) -> IssuanceRecord | None: ...
 
     def entries(self, *, limit: int | None = None) -> list[IssuanceRecord]:
@@ -120,19 +146,29 @@ def _dt_of(text: str | None) -> _dt.datetime | None:
 _COLUMNS = "serial, spiffe_id, subject, issuer_kid, not_before, not_after, issued_at, revoked_at, reason"
 
 
+def _rows(records: Sequence[IssuanceRecord]) -> list[tuple]:
+    return [(r.serial, r.spiffe_id, r.subject, r.issuer_kid, _ts(r.not_before), _ts(r.not_after),
+             _ts(r.issued_at), _ts(r.revoked_at) if r.revoked_at else None, r.reason) for r in records]
+
+
 def _row(row: tuple) -> IssuanceRecord:
     return IssuanceRecord(row[0], row[1], row[2], row[3], _dt_of(row[4]), _dt_of(row[5]),  # type: ignore[arg-type]
                           _dt_of(row[6]), _dt_of(row[7]), row[8])  # type: ignore[arg-type]
 
 
 class SqliteLedger:
-    """`Ledger` on one SQLite file; thread-safe (one connection behind a lock, WAL for readers)."""
+    """`Ledger` on one SQLite file; thread-safe (one connection behind a lock, WAL for readers).
 
-    def __init__(self, path: Path | str) -> None:
+    Several processes may hold one each (the workers of `ca serve --workers N`): WAL lets readers
+    run beside the writer, and writers queue on SQLite's lock for up to `timeout` seconds.
+    """
+
+    def __init__(self, path: Path | str, *, timeout: float = 10.0) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._timeout = timeout
         fresh = not self.path.exists()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=timeout)
         if fresh:
             self.path.chmod(0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -142,16 +178,43 @@ class SqliteLedger:
     def record(self, records: Sequence[IssuanceRecord]) -> None:
         if not records:
             return
-        rows = [(r.serial, r.spiffe_id, r.subject, r.issuer_kid, _ts(r.not_before), _ts(r.not_after),
-                 _ts(r.issued_at), _ts(r.revoked_at) if r.revoked_at else None, r.reason) for r in records]
+        rows = _rows(records)
         with self._lock:
-            self._db.execute("BEGIN")
+            # IMMEDIATE: take the write lock up front, so several `serve` workers sharing this file wait on
+            # the busy timeout instead of failing a deferred transaction's lock upgrade
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(f"INSERT INTO issuance ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def try_record(self, records: Sequence[IssuanceRecord]) -> bool:
+        """`record` without waiting: False (nothing written) when another thread or process holds the lock.
+
+        Lets the event loop commit a batch itself in the common, uncontended case (no thread hand-off,
+        no GIL ping-pong) and fall back to `record` on a thread only when it would have to wait.
+        """
+        if not records or not self._lock.acquire(blocking=False):
+            return not records
+        try:
+            self._db.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+            try:
+                self._db.executemany(f"INSERT INTO issuance ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", _rows(records))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return True
+        finally:
+            self._lock.release()
 
     def get(self, serial: str) -> IssuanceRecord | None:
         with self._lock:

@@ -30,9 +30,22 @@ INTERMEDIATE_EXPIRY = Gauge("secmesh_ca_intermediate_expiry_seconds",
 SERVER_CERT_EXPIRY = Gauge("secmesh_ca_server_cert_expiry_seconds",
                            "Seconds until the CA's own TLS serving certificate expires.", registry=REGISTRY)
 
+RELOADS = Counter("secmesh_ca_reloads_total", "CA material reloads after `ca rotate` (or a root leaving the bundle).",
+                  ["result"], registry=REGISTRY)
+# kept by the parent of `ca serve --workers N`; every other metric is summed over the workers (gauges: minimum)
+WORKERS = Gauge("secmesh_ca_workers", "Worker processes serving CreateCertificate and ready.", registry=REGISTRY)
+WORKER_RESTARTS = Counter("secmesh_ca_worker_restarts_total", "Worker processes restarted after an unexpected exit.",
+                          registry=REGISTRY)
+PARENT_FAMILIES = frozenset({"secmesh_ca_workers", "secmesh_ca_worker_restarts"})
+
+_reload_children = {result: RELOADS.labels(result=result) for result in ("ok", "error")}
 _rejected_children = {reason: REJECTED.labels(reason=reason) for reason in REJECTION_REASONS}
 
 
 def rejected(reason: str) -> None:
     child = _rejected_children.get(reason) or _rejected_children["internal"]
     child.inc()
+
+
+def reloaded(ok: bool) -> None:
+    _reload_children["ok" if ok else "error"].inc()

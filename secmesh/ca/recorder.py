@@ -1,9 +1,11 @@
 """Group commit of issuance records from the event loop into the ledger.
 
-Each request appends its record and awaits a future; one writer task takes everything pending,
-commits it in one transaction on a dedicated thread, and resolves the futures. Under load one
-fsync covers many certificates, the loop never blocks on SQLite, and a certificate is only
-returned once its record is durable (the log is the audit trail, so it must not lag behind).
+Each request appends its record and awaits a future; one writer task waits `linger` for more,
+takes everything pending, commits it in one transaction and resolves the futures. The commit
+runs on the loop itself when the ledger can take its lock without waiting (`try_record`: no
+thread hand-off), else on a dedicated thread, so the loop never blocks on SQLite's lock (held
+by another `serve` worker or `ca revoke`). A certificate is only returned once its record is
+committed (the log is the audit trail, so it must not lag behind).
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ from secmesh.ca import metrics
 from secmesh.ca.ledger import IssuanceRecord, Ledger
 
 _log = logging.getLogger("secmesh.ca.recorder")
+# How long the writer waits after the first pending record for others to join its transaction.
+# A commit costs ~60-90 µs of CPU whatever its size; without the wait, each request under load
+# got its own (measured: 1.06 records per transaction, ~150 µs per call), with 5 ms ~10 per
+# transaction and ~25 µs per record. A CA call may well take 5 ms longer; it may not cost 3x.
+LINGER_SECONDS = 0.005
 
 
 class BatchRecorder:
-    def __init__(self, ledger: Ledger, *, max_batch: int = 512) -> None:
+    def __init__(self, ledger: Ledger, *, max_batch: int = 512, linger: float = LINGER_SECONDS) -> None:
         self.ledger = ledger
         self.max_batch = max_batch
+        self.linger = linger
         self._pending: list[tuple[IssuanceRecord, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -43,11 +51,17 @@ class BatchRecorder:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
+            if self.linger and not self._closing:
+                await asyncio.sleep(self.linger)  # let the calls arriving meanwhile share this transaction
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                records = [r for r, _ in batch]
                 try:
-                    await loop.run_in_executor(self._executor, self.ledger.record, [r for r, _ in batch])
+                    # uncontended (the usual case): commit right here; else wait for the lock on a thread
+                    try_record = getattr(self.ledger, "try_record", None)
+                    if try_record is None or not try_record(records):
+                        await loop.run_in_executor(self._executor, self.ledger.record, records)
                 except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep the writer alive
                     _log.error("issuance log write failed", extra={"fields": {"error": str(exc), "batch": len(batch)}})
                     for _, future in batch:

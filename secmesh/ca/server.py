@@ -1,11 +1,14 @@
-"""`secmesh ca serve`: the composition root of the CA process.
+"""`secmesh ca serve`: one serving process (the whole CA, or one worker of `--workers N`).
 
 Opens the CA directory (permissions checked), builds the validator, signer and ledger, issues
 the CA's own TLS serving certificate from the same intermediate, and runs a grpc.aio server on
 uvloop. The serving certificate is renewed at half its lifetime without a restart: grpc's
-dynamic server credentials ask `ServingCert.fetch` on every new handshake. SIGTERM/SIGINT stop
-the server gracefully (`await server.stop(grace)` before the loop closes, pitfall P6), then the
-pending issuance records are committed and the ledger is closed.
+dynamic server credentials ask `ServingCert.fetch` on every new handshake. The CA directory is
+polled for `ca rotate` (`reload`): a new generation swaps the signer and renews the serving
+certificate, with no restart. SIGTERM/SIGINT stop the server gracefully (`await
+server.stop(grace)` before the loop closes, pitfall P6), then the pending issuance records are
+committed and the ledger is closed. As a worker (`link` given) it binds with SO_REUSEPORT, has
+no admin port of its own and reports readiness and metrics to its parent (`supervisor`).
 """
 
 from __future__ import annotations
@@ -14,17 +17,18 @@ import asyncio
 import datetime as _dt
 import ipaddress
 import logging
+import os
 import signal
-from typing import Any
+from typing import Any, Sequence
 
 from cryptography import x509
 
 from secmesh.ca import metrics
-from secmesh.ca.config import CA_SERVICE_ACCOUNT, ServeConfig, parse_hostport
-from secmesh.ca.ledger import IssuanceRecord, SqliteLedger, key_id
+from secmesh.ca.config import ServeConfig, parse_hostport
+from secmesh.ca.ledger import IssuanceRecord, SqliteLedger
 from secmesh.ca.recorder import BatchRecorder
+from secmesh.ca.reload import Issuing, fingerprint, load_issuing
 from secmesh.ca.signer import Issued, Signer, TtlPolicy
-from secmesh.ca.store import CaMaterial, open_ca
 from secmesh.clock import SYSTEM_CLOCK, Clock
 from secmesh.identity.keys import generate_p256, private_key_pem
 from secmesh.identity.spiffe import SpiffeId
@@ -34,8 +38,9 @@ from secmesh.log import log_event
 _log = logging.getLogger("secmesh.ca.server")
 
 
-def serving_sans(listen_host: str) -> list[x509.GeneralName]:
-    """DNS:localhost and IP:127.0.0.1 always, plus the listen host when it is a specific name or address."""
+def serving_sans(listen_host: str, dns_names: Sequence[str] = ()) -> list[x509.GeneralName]:
+    """DNS:localhost and IP:127.0.0.1 always, the listen host when it is a specific name or address,
+    and every `--server-dns` name (the Service names clients dial, e.g. `secmesh-ca.secmesh-system.svc`)."""
     sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     try:
         ip = ipaddress.ip_address(listen_host)
@@ -44,20 +49,23 @@ def serving_sans(listen_host: str) -> list[x509.GeneralName]:
     except ValueError:
         if listen_host not in ("localhost", ""):
             sans.append(x509.DNSName(listen_host))
+    for name in dns_names:
+        if x509.DNSName(name) not in sans:
+            sans.append(x509.DNSName(name))
     return sans
 
 
 class ServingCert:
-    """The CA's own TLS certificate (SPIFFE ID `…/ns/istio-system/sa/secmesh-ca`), renewed at half-life."""
+    """The CA's own TLS certificate (`spiffe://TD/ns/<namespace>/sa/<sa>` + DNS/IP SANs), renewed at half-life."""
 
-    def __init__(self, signer: Signer, material: CaMaterial, *, listen_host: str, ttl: _dt.timedelta,
+    def __init__(self, signer: Signer, spiffe_id: SpiffeId, sans: list[x509.GeneralName], *, ttl: _dt.timedelta,
                  clock: Clock) -> None:
         import grpc
 
         self._grpc = grpc
         self.signer = signer
-        self.spiffe_id = SpiffeId.for_service_account(material.trust_domain, *CA_SERVICE_ACCOUNT)
-        self.sans = serving_sans(listen_host)
+        self.spiffe_id = spiffe_id
+        self.sans = sans
         self.ttl = ttl
         self.clock = clock
         self.issued: Issued | None = None
@@ -94,12 +102,70 @@ class ServingCert:
         return max(1.0, (half - self.clock.now()).total_seconds())
 
 
-async def _renew_loop(serving: ServingCert, recorder: BatchRecorder, issuer_kid: str, clock: Clock) -> None:
-    while True:
-        await asyncio.sleep(serving.seconds_until_renewal())
+def _own_record(issued: Issued, issuer_kid: str, clock: Clock) -> IssuanceRecord:
+    return IssuanceRecord(serial=issued.serial_hex, spiffe_id=str(issued.spiffe_id), subject="secmesh-ca",
+                          issuer_kid=issuer_kid, not_before=issued.not_before, not_after=issued.not_after,
+                          issued_at=clock.now())
+
+
+class CaRuntime:
+    """The mutable state of one serving process: which generation signs, and the serving certificate."""
+
+    def __init__(self, config: ServeConfig, issuing: Issuing, serving: ServingCert, recorder: BatchRecorder,
+                 service: Any, clock: Clock) -> None:
+        self.config = config
+        self.issuing = issuing
+        self.serving = serving
+        self.recorder = recorder
+        self.service = service
+        self.clock = clock
+        self.ttl = TtlPolicy(_dt.timedelta(seconds=config.default_ttl), _dt.timedelta(seconds=config.max_ttl))
+        self.fingerprint = fingerprint(config.dir)
+        self._failed_fingerprint: object = None
+        self.set_expiry_metrics()
+
+    def set_expiry_metrics(self) -> None:
+        now, gen = self.clock.now(), self.issuing.material.current
+        metrics.ROOT_EXPIRY.set((gen.root_cert.not_valid_after_utc - now).total_seconds())
+        metrics.INTERMEDIATE_EXPIRY.set((gen.intermediate_cert.not_valid_after_utc - now).total_seconds())
+
+    async def renew_serving(self) -> Issued:
+        issued = self.serving.renew()
+        await self.recorder.record(_own_record(issued, self.issuing.issuer_kid, self.clock))
+        return issued
+
+    async def reload_if_changed(self) -> bool:
+        """Swap in a new CA generation (or a pruned bundle); False when nothing changed or it failed."""
+        current = fingerprint(self.config.dir)
+        now = self.clock.now()
+        if current == self.fingerprint and not self.issuing.bundle_stale(now):
+            return False
         try:
-            issued = serving.renew()
-            await recorder.record(_own_record(issued, issuer_kid, clock))
+            issuing = load_issuing(self.config.dir, self.ttl, now)
+        except Exception as exc:  # noqa: BLE001 - keep signing with the old generation; retry next poll
+            if current != self._failed_fingerprint:
+                self._failed_fingerprint = current
+                metrics.reloaded(False)
+                log_event(_log, logging.ERROR, "CA reload failed; still signing with the previous generation",
+                          error=str(exc), generation=self.issuing.generation)
+            return False
+        old = self.issuing
+        self.issuing, self.fingerprint = issuing, current
+        self.service.swap(issuing.signer, issuing.issuer_kid)
+        self.serving.signer = issuing.signer
+        issued = await self.renew_serving()
+        self.set_expiry_metrics()
+        metrics.reloaded(True)
+        log_event(_log, logging.INFO, "CA reloaded", generation=issuing.generation, previous=old.generation,
+                  issuer_kid=issuing.issuer_kid, bundle_roots=len(issuing.bundle), serving_serial=issued.serial_hex)
+        return True
+
+
+async def _renew_loop(runtime: CaRuntime) -> None:
+    while True:
+        await asyncio.sleep(runtime.serving.seconds_until_renewal())
+        try:
+            issued = await runtime.renew_serving()
             log_event(_log, logging.INFO, "serving certificate renewed", serial=issued.serial_hex,
                       not_after=issued.not_after.isoformat())
         except Exception as exc:  # noqa: BLE001 - keep serving with the current cert; retry soon
@@ -107,77 +173,103 @@ async def _renew_loop(serving: ServingCert, recorder: BatchRecorder, issuer_kid:
             await asyncio.sleep(30)
 
 
-def _own_record(issued: Issued, issuer_kid: str, clock: Clock) -> IssuanceRecord:
-    return IssuanceRecord(serial=issued.serial_hex, spiffe_id=str(issued.spiffe_id), subject="secmesh-ca",
-                          issuer_kid=issuer_kid, not_before=issued.not_before, not_after=issued.not_after,
-                          issued_at=clock.now())
+async def _watch_loop(runtime: CaRuntime, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await runtime.reload_if_changed()
+        except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one bad poll
+            log_event(_log, logging.ERROR, "CA directory watch failed", error=str(exc))
 
 
-async def serve(config: ServeConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
+async def serve(config: ServeConfig, *, clock: Clock = SYSTEM_CLOCK, link: Any = None,
+                worker: int | None = None) -> None:
     import grpc
 
     from secmesh.ca.admin import start_admin
     from secmesh.ca.service import CertificateService, TokenCache
     from secmesh.proto import ca_pb2_grpc
 
-    material = open_ca(config.dir)
-    current = material.current
-    validator = TokenValidator(jwks_source(config.jwks), trust_domain=material.trust_domain,
-                               audiences=config.audiences, issuers=config.issuers or None, clock=clock,
-                               leeway_seconds=config.token_leeway_seconds)
     ttl = TtlPolicy(_dt.timedelta(seconds=config.default_ttl), _dt.timedelta(seconds=config.max_ttl))
-    signer = Signer(current.intermediate_cert, current.intermediate_key, root=current.root_cert, ttl=ttl)
-    issuer_kid = key_id(current.intermediate_cert)
+    issuing = load_issuing(config.dir, ttl, clock.now())
+    material = issuing.material
+    validator = TokenValidator(jwks_source(config.jwks, token_file=config.jwks_token_file or None,
+                                           ca_file=config.jwks_ca or None),
+                               trust_domain=material.trust_domain, audiences=config.audiences,
+                               issuers=config.issuers or None, clock=clock, leeway_seconds=config.token_leeway_seconds)
     ledger = SqliteLedger(material.ledger_path)
     recorder = BatchRecorder(ledger)
     recorder.start()
-    now = clock.now()
-    metrics.ROOT_EXPIRY.set((current.root_cert.not_valid_after_utc - now).total_seconds())
-    metrics.INTERMEDIATE_EXPIRY.set((current.intermediate_cert.not_valid_after_utc - now).total_seconds())
 
-    host, port = parse_hostport(config.listen, what="listen")
-    serving = ServingCert(signer, material, listen_host=host, ttl=_dt.timedelta(seconds=config.server_cert_ttl),
+    host, _port = parse_hostport(config.listen, what="listen")
+    namespace, service_account = config.server_identity()
+    serving = ServingCert(issuing.signer, SpiffeId.for_service_account(material.trust_domain, namespace,
+                                                                       service_account),
+                          serving_sans(host, config.server_dns), ttl=_dt.timedelta(seconds=config.server_cert_ttl),
                           clock=clock)
     credentials = serving.credentials()
+    service = CertificateService(issuing.signer, TokenCache(validator), recorder, issuer_kid=issuing.issuer_kid,
+                                 clock=clock)
+    runtime = CaRuntime(config, issuing, serving, recorder, service, clock)
     assert serving.issued is not None
-    await recorder.record(_own_record(serving.issued, issuer_kid, clock))
+    await recorder.record(_own_record(serving.issued, issuing.issuer_kid, clock))
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20)])
-    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(
-        CertificateService(signer, TokenCache(validator), recorder, issuer_kid=issuer_kid, clock=clock), server)
-    bound = server.add_secure_port(config.listen, credentials)
-    if bound == 0:
+    reuse_port = 1 if link is not None else 0  # workers share the port; a lone server must own it
+    server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port), ("grpc.max_receive_message_length", 1 << 20)])
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(service, server)
+    if server.add_secure_port(config.listen, credentials) == 0:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # a worker leaves SIGINT (Ctrl-C reaches the whole process group) to its parent
+    for sig in (signal.SIGTERM,) if link is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     admin = None
-    if config.admin:
+    if config.admin and link is None:
         admin_host, admin_port = parse_hostport(config.admin, what="admin")
         admin = await start_admin(admin_host, admin_port, lambda: not stopping.is_set())
-    renewer = loop.create_task(_renew_loop(serving, recorder, issuer_kid, clock), name="serving-cert-renewal")
-    log_event(_log, logging.INFO, "CA serving", listen=config.listen, admin=config.admin or None,
+    tasks = [loop.create_task(_renew_loop(runtime), name="serving-cert-renewal")]
+    if config.reload_interval > 0:
+        tasks.append(loop.create_task(_watch_loop(runtime, config.reload_interval), name="ca-watch"))
+    if link is not None:
+        from secmesh.metrics import exposition
+
+        await link.ready({"pid": os.getpid(), "serving_serial": serving.issued.serial_hex})
+        # the parent closing the channel means it is gone: stop as if told to
+        parent_watch = loop.create_task(link.serve(exposition), name="parent-link")
+        parent_watch.add_done_callback(lambda _t: stopping.set())
+        tasks.append(parent_watch)
+    log_event(_log, logging.INFO, "CA serving", listen=config.listen, admin=(config.admin or None) if link is None else None,
+              worker=worker,
               trust_domain=material.trust_domain.name, spiffe_id=str(serving.spiffe_id),
-              default_ttl=config.default_ttl, max_ttl=config.max_ttl)
+              generation=issuing.generation, default_ttl=config.default_ttl, max_ttl=config.max_ttl)
     try:
         await stopping.wait()
     finally:
-        log_event(_log, logging.INFO, "CA stopping", grace_seconds=config.grace_seconds)
-        renewer.cancel()
+        log_event(_log, logging.INFO, "CA stopping", grace_seconds=config.grace_seconds, worker=worker)
+        for task in tasks:
+            task.cancel()
         await server.stop(config.grace_seconds)
         if admin is not None:
             admin.close()
             await admin.wait_closed()
         await recorder.close()
         ledger.close()
+        if link is not None:
+            link.close()
 
 
 def run(config: ServeConfig) -> None:
-    """Run `serve` on uvloop until a signal stops it."""
+    """Run `serve` on uvloop until a signal stops it; with more than one worker, supervise them instead."""
     import uvloop
 
+    if config.worker_count() > 1:
+        from secmesh.ca.supervisor import supervise
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(supervise(config))
+        return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(config))

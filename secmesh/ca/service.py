@@ -1,9 +1,9 @@
 """`istio.v1.auth.IstioCertificateService/CreateCertificate`: authn → CSR check → sign → log.
 
 The handler is thin: it pulls the bearer token out of the call metadata, asks the token
-validator who the caller is, lets `identity.csr` judge the CSR and `ca.signer` sign it, waits
-for the issuance to be committed to the ledger (group commit, see `recorder`), and answers with
-leaf, intermediate, root. Every refusal goes through `_reject`: one gRPC status with a short
+validator who the caller is, hands the CSR to `batch` (where `identity.csr` judges it and
+`ca.signer` signs it, several requests back to back), waits for the issuance to be committed
+to the ledger (group commit, see `recorder`), and answers with leaf, intermediate, roots. Every refusal goes through `_reject`: one gRPC status with a short
 reason for the peer, one JSON log line with the details (token `iss`/`sub`/`exp` only) and one
 metric increment; the server keeps serving everyone else.
 """
@@ -19,12 +19,13 @@ from typing import Any
 import grpc
 
 from secmesh.ca import metrics
+from secmesh.ca.batch import SigningBatch
 from secmesh.ca.ledger import IssuanceRecord
 from secmesh.ca.recorder import BatchRecorder
-from secmesh.ca.signer import Issued, Signer
+from secmesh.ca.signer import Signer
 from secmesh.clock import SYSTEM_CLOCK, Clock
 from secmesh.errors import CAError
-from secmesh.identity.csr import CsrError, parse_verified_key
+from secmesh.identity.csr import CsrError
 from secmesh.identity.tokens import TokenError, TokenValidator, WorkloadIdentity, token_summary
 from secmesh.log import log_event
 from secmesh.proto import ca_pb2, ca_pb2_grpc
@@ -87,13 +88,26 @@ class TokenCache:
 class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
     def __init__(self, signer: Signer, tokens: TokenCache, recorder: BatchRecorder, *, issuer_kid: str,
                  clock: Clock = SYSTEM_CLOCK) -> None:
-        self.signer = signer
+        # signer and issuer key id travel together: one reference, replaced whole by `swap` (ca rotate)
+        self._issuing: tuple[Signer, str] = (signer, issuer_kid)
         self.tokens = tokens
         self.recorder = recorder
-        self.issuer_kid = issuer_kid
         self.clock = clock
+        self.batch = SigningBatch(clock.now)
         # a remote JWKS may block on HTTP: validate off the loop then (cache hits stay on it)
         self._remote_keys = bool(getattr(tokens.validator.keys, "remote", False))
+
+    @property
+    def signer(self) -> Signer:
+        return self._issuing[0]
+
+    @property
+    def issuer_kid(self) -> str:
+        return self._issuing[1]
+
+    def swap(self, signer: Signer, issuer_kid: str) -> None:
+        """Sign with a new issuing CA from the next request on (requests in flight finish on the old one)."""
+        self._issuing = (signer, issuer_kid)
 
     async def _authenticate(self, token: str | None) -> WorkloadIdentity:
         if self._remote_keys and token and self.tokens.lookup(token) is None:
@@ -104,11 +118,10 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
                                 context: grpc.aio.ServicerContext) -> ca_pb2.IstioCertificateResponse:
         started = time.perf_counter()
         token = bearer_token(context.invocation_metadata())
+        signer, issuer_kid = self._issuing
         try:
             identity = await self._authenticate(token)
-            csr, public_key = parse_verified_key(request.csr)
-            issued = self.signer.sign_csr(csr, identity.spiffe_id, now=self.clock.now(),
-                                          requested_ttl_seconds=request.validity_duration, public_key=public_key)
+            issued = await self.batch.submit(signer, request.csr, identity.spiffe_id, request.validity_duration)
         except TokenError as exc:
             await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, f"token_{exc.reason}",
                                f"request authenticate failure: {exc.reason}", exc, token)
@@ -119,17 +132,15 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             await self._reject(context, code, exc.reason if exc.reason == "ttl_too_long" else "internal",
                                exc.message, exc, token)
         try:
-            await self.recorder.record(self._record(issued, identity))
+            await self.recorder.record(IssuanceRecord(
+                serial=issued.serial_hex, spiffe_id=str(issued.spiffe_id), subject=identity.subject,
+                issuer_kid=issuer_kid, not_before=issued.not_before, not_after=issued.not_after,
+                issued_at=self.clock.now()))
         except Exception as exc:  # noqa: BLE001 - never hand out a certificate the log does not hold
             await self._reject(context, grpc.StatusCode.INTERNAL, "internal", "issuance log unavailable", exc, token)
         metrics.ISSUED.inc()
         metrics.SIGN_SECONDS.observe(time.perf_counter() - started)
-        return ca_pb2.IstioCertificateResponse(cert_chain=self.signer.chain(issued))
-
-    def _record(self, issued: Issued, identity: WorkloadIdentity) -> IssuanceRecord:
-        return IssuanceRecord(serial=issued.serial_hex, spiffe_id=str(issued.spiffe_id), subject=identity.subject,
-                              issuer_kid=self.issuer_kid, not_before=issued.not_before, not_after=issued.not_after,
-                              issued_at=self.clock.now())
+        return ca_pb2.IstioCertificateResponse(cert_chain=signer.chain(issued))
 
     async def _reject(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str,
                       peer_message: str, exc: Exception, token: str | None) -> None:

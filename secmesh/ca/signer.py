@@ -10,6 +10,7 @@ positive serial. The signing path is kept free of I/O so the service can time an
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secmesh.ca.config import CLOCK_SKEW, format_ttl
+from secmesh.ca.leafder import LeafTemplate, pem_certificate, spki_der_of
 from secmesh.errors import CAError
 from secmesh.identity.keys import PrivateKey
 from secmesh.identity.spiffe import SpiffeId, TrustDomain
@@ -146,7 +148,7 @@ def leaf_builder(public_key: object, spiffe_id: SpiffeId, *, issuer_cert: x509.C
 class Issued:
     """One signed leaf plus what the ledger and the response need, computed once."""
 
-    certificate: x509.Certificate
+    der: bytes
     serial: int
     spiffe_id: SpiffeId
     not_before: _dt.datetime
@@ -157,13 +159,28 @@ class Issued:
     def serial_hex(self) -> str:
         return serial_hex(self.serial)
 
+    @functools.cached_property
+    def certificate(self) -> x509.Certificate:
+        """Parsed on demand only: the serving path never needs the object, just the PEM."""
+        return x509.load_der_x509_certificate(self.der)
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
 
 class Signer:
-    """Signs leaves with one issuing CA; the PEM chain strings of the response are precomputed."""
+    """Signs leaves with one issuing CA; the PEM chain strings of the response are precomputed.
+
+    Leaves for workloads go through `LeafTemplate` (DER concatenation + one ECDSA signature)
+    when the issuer key is ECDSA; the builder remains for other keys and for the CA's own
+    serving certificate (extra DNS/IP SANs). Both produce the same bytes for the same inputs.
+    """
 
     def __init__(self, issuer_cert: x509.Certificate, issuer_key: PrivateKey, *,
                  intermediates: Sequence[x509.Certificate] = (), root: x509.Certificate,
-                 ttl: TtlPolicy, serials: SerialSource = random_serial) -> None:
+                 ttl: TtlPolicy, serials: SerialSource = random_serial,
+                 bundle_roots: Sequence[x509.Certificate] = ()) -> None:
         self.issuer_cert = issuer_cert
         self.issuer_key = issuer_key
         self.root = root
@@ -171,19 +188,34 @@ class Signer:
         self._serials = serials
         self._hash = _hash_for(issuer_key)
         self._aki = _aki(issuer_cert)
-        # leaf first, then the issuing CA and its parents, root last; each string ends in "\n" (istiod does so)
-        self.chain_tail: tuple[str, ...] = tuple(
-            c.public_bytes(serialization.Encoding.PEM).decode()
-            for c in (issuer_cert, *intermediates, root))
+        self._issuer_not_after = issuer_cert.not_valid_after_utc
+        self._template = LeafTemplate.for_issuer(issuer_cert, issuer_key, [
+            (LEAF_KEY_USAGE, True, True), (LEAF_EKU, False, True), (LEAF_BASIC_CONSTRAINTS, True, True),
+            (self._aki, False, False)])
+        # leaf first, then the issuing CA and its parents, then the roots; each string ends in "\n" as
+        # istiod's do. The last element is the whole trust bundle in one string (istiod sends its
+        # combined root PEM there during a root rotation), so holders keep trusting the old root.
+        roots_pem = "".join(_pem(r) for r in bundle_roots) if bundle_roots else _pem(root)
+        self.chain_tail: tuple[str, ...] = (*(_pem(c) for c in (issuer_cert, *intermediates)), roots_pem)
 
     def sign(self, public_key: object, spiffe_id: SpiffeId, *, now: _dt.datetime, ttl: _dt.timedelta,
-             extra_sans: Sequence[x509.GeneralName] = ()) -> Issued:
+             extra_sans: Sequence[x509.GeneralName] = (), spki_der: bytes | None = None) -> Issued:
         serial = self._serials()
-        builder = leaf_builder(public_key, spiffe_id, issuer_cert=self.issuer_cert, issuer_aki=self._aki,
-                               now=now, ttl=ttl, serial=serial, extra_sans=extra_sans)
-        cert = builder.sign(self.issuer_key, self._hash)  # type: ignore[arg-type]
-        return Issued(cert, serial, spiffe_id, cert.not_valid_before_utc, cert.not_valid_after_utc,
-                      cert.public_bytes(serialization.Encoding.PEM).decode())
+        if self._template is None or extra_sans:
+            builder = leaf_builder(public_key, spiffe_id, issuer_cert=self.issuer_cert, issuer_aki=self._aki,
+                                   now=now, ttl=ttl, serial=serial, extra_sans=extra_sans)
+            cert = builder.sign(self.issuer_key, self._hash)  # type: ignore[arg-type]
+            return Issued(cert.public_bytes(serialization.Encoding.DER), serial, spiffe_id,
+                          cert.not_valid_before_utc, cert.not_valid_after_utc, _pem(cert))
+        not_after = min(now + ttl, self._issuer_not_after)
+        if not_after <= now:
+            raise CAError("the issuing CA has expired; run `secmesh ca rotate`", reason="ca_expired")
+        not_before = (now - CLOCK_SKEW).replace(microsecond=0)
+        not_after = not_after.replace(microsecond=0)
+        tbs = self._template.tbs(serial=serial, not_before=not_before, not_after=not_after,
+                                 spki_der=spki_der or spki_der_of(public_key), uri=str(spiffe_id))
+        der = self._template.sign(tbs)
+        return Issued(der, serial, spiffe_id, not_before, not_after, pem_certificate(der))
 
     def sign_csr(self, csr: x509.CertificateSigningRequest, spiffe_id: SpiffeId, *, now: _dt.datetime,
                  requested_ttl_seconds: int | float, public_key: object | None = None) -> Issued:

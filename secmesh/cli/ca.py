@@ -103,11 +103,26 @@ def issue(spiffe_id: str, ca_dir: Path, ttl: _dt.timedelta, csr_file: Path | Non
 @click.option("--default-ttl", help="Leaf TTL when the request asks for none [24h].")
 @click.option("--max-ttl", help="Largest TTL a request may ask for [90d].")
 @click.option("--admin", help="HOST:PORT for plain-HTTP /metrics and /ready (loopback).")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Serving processes sharing the port via SO_REUSEPORT [0 = one per CPU; 1 = this process].")
+@click.option("--server-dns", "server_dns", multiple=True,
+              help="Extra DNS SAN on the CA's serving certificate (repeatable), e.g. secmesh-ca.secmesh-system.svc.")
+@click.option("--server-namespace", help="Namespace in the serving certificate's SPIFFE ID "
+                                         "[$POD_NAMESPACE, else istio-system].")
+@click.option("--server-service-account", help="Service account in the serving certificate's SPIFFE ID [secmesh-ca].")
+@click.option("--jwks-token-file", type=click.Path(dir_okay=False),
+              help="Bearer token sent with every https JWKS fetch (re-read each time), e.g. "
+                   "/var/run/secrets/kubernetes.io/serviceaccount/token.")
+@click.option("--jwks-ca", type=click.Path(dir_okay=False),
+              help="PEM bundle that verifies the https JWKS server (instead of the system store).")
+@click.option("--reload-interval", help="How often to check the CA directory for `ca rotate` [5s; 0 = never].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @_handles_errors
 def serve(ca_dir: Path, config_file: Path | None, listen: str | None, jwks: str | None, issuers: tuple[str, ...],
           audiences: tuple[str, ...], default_ttl: str | None, max_ttl: str | None, admin: str | None,
-          log_level: str | None) -> None:
+          workers: int | None, server_dns: tuple[str, ...], server_namespace: str | None,
+          server_service_account: str | None, jwks_token_file: str | None, jwks_ca: str | None,
+          reload_interval: str | None, log_level: str | None) -> None:
     """Serve istio.v1.auth.IstioCertificateService/CreateCertificate over TLS."""
     from secmesh import log
     from secmesh.ca.config import load_serve_config
@@ -115,7 +130,9 @@ def serve(ca_dir: Path, config_file: Path | None, listen: str | None, jwks: str 
 
     flags = {"listen": listen, "jwks": jwks, "issuers": list(issuers) or None,
              "audiences": list(audiences) or None, "default_ttl": default_ttl, "max_ttl": max_ttl,
-             "admin": admin, "log_level": log_level}
+             "admin": admin, "log_level": log_level, "workers": workers, "server_dns": list(server_dns) or None,
+             "server_namespace": server_namespace, "server_service_account": server_service_account,
+             "jwks_token_file": jwks_token_file, "jwks_ca": jwks_ca, "reload_interval": reload_interval}
     ctx = click.get_current_context()
     if ctx.get_parameter_source("ca_dir") != click.core.ParameterSource.DEFAULT:
         flags["dir"] = str(ca_dir)
@@ -207,7 +224,7 @@ def bundle(ca_dir: Path, fmt: str) -> None:
 @click.option("--intermediate-ttl", default=format_ttl(DEFAULT_INTERMEDIATE_TTL), callback=_ttl, show_default=True)
 @_handles_errors
 def rotate(ca_dir: Path, root_ttl: _dt.timedelta, intermediate_ttl: _dt.timedelta) -> None:
-    """New root + intermediate; the old root stays in the bundle until it expires. Restart `serve` after."""
+    """New root + intermediate; the old root stays in the bundle until it expires. A running `serve` follows."""
     from secmesh.ca.ledger import key_id
     from secmesh.ca.store import rotate_ca
 

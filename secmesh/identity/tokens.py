@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 import urllib.request
@@ -111,10 +112,22 @@ class StaticJwks:
         return len(self._keys)
 
 
-def _http_fetch(url: str, timeout: float) -> bytes:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only
+def _http_fetch(url: str, timeout: float, headers: Mapping[str, str] | None = None,
+                context: ssl.SSLContext | None = None) -> bytes:
+    request = urllib.request.Request(url, headers={"Accept": "application/json", **(headers or {})})
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310 - http(s)
         return response.read(1 << 20)
+
+
+def _read_token_file(path: Path) -> str:
+    """The bearer token for the JWKS endpoint, read fresh on every fetch (kubelet rotates it in place)."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise IdentityError(f"cannot read JWKS token file {path}: {exc.strerror}", reason="bad_jwks") from None
+    if not token:
+        raise IdentityError(f"JWKS token file {path} is empty", reason="bad_jwks")
+    return token
 
 
 class UrlJwks:
@@ -130,17 +143,35 @@ class UrlJwks:
 
     def __init__(self, url: str, refresh_seconds: float = 300, timeout: float = 5, *,
                  min_refetch_seconds: float = 10, fetch: Callable[[str, float], bytes] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, token_file: str | Path | None = None,
+                 ca_file: str | Path | None = None) -> None:
+        """`token_file`: sent as `Authorization: Bearer …` (https only, re-read per fetch), as the
+        Kubernetes API server's `/openid/v1/jwks` wants; `ca_file`: the PEM bundle that verifies the
+        https server instead of the system store (in-cluster: the service account's `ca.crt`)."""
+        if (token_file or ca_file) and not url.startswith("https://"):
+            raise IdentityError("a JWKS token file or CA bundle needs an https:// JWKS URL "
+                                "(a bearer token is never sent in clear)", reason="bad_jwks")
         self.url = url
         self.refresh_seconds = refresh_seconds
         self.timeout = timeout
         self.min_refetch_seconds = min_refetch_seconds
-        self._fetch = fetch or _http_fetch
+        self.token_file = Path(token_file) if token_file else None
+        self._context: ssl.SSLContext | None = None
+        if ca_file:
+            try:
+                self._context = ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise IdentityError(f"cannot load JWKS CA bundle {ca_file}: {exc}", reason="bad_jwks") from None
+        self._fetch = fetch or self._fetch_http
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._keys: dict[str | None, jwt.PyJWK] | None = None
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
+
+    def _fetch_http(self, url: str, timeout: float) -> bytes:
+        headers = {"Authorization": f"Bearer {_read_token_file(self.token_file)}"} if self.token_file else None
+        return _http_fetch(url, timeout, headers, self._context)
 
     def _refresh(self) -> None:
         self._attempted_at = self._monotonic()
@@ -178,10 +209,16 @@ class UrlJwks:
             return key
 
 
-def jwks_source(spec: str) -> StaticJwks | UrlJwks:
-    """`https://…`/`http://…` → `UrlJwks`; anything else (or `file://…`) is a JWKS file."""
+def jwks_source(spec: str, *, token_file: str | Path | None = None,
+                ca_file: str | Path | None = None) -> StaticJwks | UrlJwks:
+    """`https://…`/`http://…` → `UrlJwks`; anything else (or `file://…`) is a JWKS file.
+
+    `token_file`/`ca_file` only make sense for an https URL (see `UrlJwks`); with a file they are refused.
+    """
     if spec.startswith(("https://", "http://")):
-        return UrlJwks(spec)
+        return UrlJwks(spec, token_file=token_file, ca_file=ca_file)
+    if token_file or ca_file:
+        raise IdentityError("a JWKS token file or CA bundle needs an https:// JWKS URL", reason="bad_jwks")
     return StaticJwks.from_file(spec.removeprefix("file://"))
 
 

@@ -11,10 +11,15 @@ import grpc.aio
 import pytest
 from cryptography import x509
 
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+from envoy.service.secret.v3 import sds_pb2_grpc
+
 from secmesh.agent.sds_state import version_counter
 from tests.integration.agent.agent_env import start_agent, start_ca
 from tests.support.proc import wait_until
 from tests.unit.agent.sdsclient import Client, check_pair, secrets, uri_of
+
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 OWN = "spiffe://cluster.local/ns/default/sa/workload"
 
@@ -65,13 +70,26 @@ def test_bad_tokens_are_refused_with_reasons(pki, agent) -> None:
 
     async def main() -> None:
         async with grpc.aio.insecure_channel(f"unix:{agent.socket}") as ch:
+            fetch = sds_pb2_grpc.SecretDiscoveryServiceStub(ch).FetchSecrets
             for token, reason in cases:
-                c = Client(ch, (("authorization", f"Bearer {token}"),))
-                await c.send()
+                metadata = (("authorization", f"Bearer {token}"),)
+                # unary FetchSecrets: the status and its reason reach the client intact
                 with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await c.recv()
+                    await fetch(DiscoveryRequest(resource_names=["default"], type_url=SECRET_TYPE), metadata=metadata)
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert reason in info.value.details()
+                # StreamSecrets is refused too; the agent may refuse on the metadata before our first write
+                # lands, and grpc-python then reports its own failed write as INTERNAL instead of the status
+                c = Client(ch, metadata)
+                try:
+                    await c.send()
+                except grpc.aio.AioRpcError:
+                    pass
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await c.recv()
+                assert info.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL)
+                if info.value.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    assert reason in info.value.details()
             good = Client(ch, (("authorization", "Bearer " + pki.issuer.token("shop", "cart")),))
             await good.send()
             assert uri_of(check_pair(secrets(await good.recv())["default"])).endswith("/ns/shop/sa/cart")

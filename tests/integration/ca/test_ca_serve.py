@@ -259,7 +259,8 @@ def _served_serial(port: int, cafile: Path) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def test_serving_cert_is_renewed_without_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serving_cert_is_renewed_without_restart(tmp_path: Path, workers: int) -> None:
     from tests.support.proc import test_env
 
     ca_dir = tmp_path / "ca"
@@ -267,14 +268,19 @@ def test_serving_cert_is_renewed_without_restart(tmp_path: Path) -> None:
     (tmp_path / "bundle.pem").write_text(run_cli("ca", "bundle", "--dir", str(ca_dir)).stdout)
     port = free_port()
     proc = start_cli("ca", "serve", "--dir", str(ca_dir), "--listen", f"127.0.0.1:{port}", "--jwks",
-                     str(TokenIssuer().write_jwks(tmp_path / "j.json")), tmp_path=tmp_path, name="renew",
-                     env=test_env(SECMESH_CA_SERVER_CERT_TTL="5s"))
+                     str(TokenIssuer().write_jwks(tmp_path / "j.json")), "--workers", str(workers),
+                     tmp_path=tmp_path, name="renew", env=test_env(SECMESH_CA_SERVER_CERT_TTL="5s"))
     try:
         wait_until(tcp_ready("127.0.0.1", port), proc=proc.popen, what="CA port")
-        first = _served_serial(port, tmp_path / "bundle.pem")
-        wait_until(lambda: _served_serial(port, tmp_path / "bundle.pem") != first, timeout=10, interval=0.2,
-                   proc=proc.popen, what="a renewed serving certificate")
-        assert "serving certificate renewed" in proc.output()
+        seen = {_served_serial(port, tmp_path / "bundle.pem")}
+
+        def renewed_everywhere() -> bool:
+            seen.add(_served_serial(port, tmp_path / "bundle.pem"))
+            lines = [json.loads(l) for l in proc.output().splitlines() if l.startswith("{")]
+            renewed = {l.get("worker") for l in lines if l["msg"] == "serving certificate renewed"}
+            return len(renewed) == workers and len(seen) > workers
+        # every worker renews its own certificate; new handshakes get the new ones
+        wait_until(renewed_everywhere, timeout=15, interval=0.2, proc=proc.popen, what="renewed serving certificates")
     finally:
         assert proc.stop() == 0
 

@@ -197,3 +197,36 @@ def test_token_summary_has_claims_but_never_the_token(issuer: TokenIssuer) -> No
     assert token not in json.dumps(summary)
     assert token_summary("garbage") == {"token": "malformed"}
     assert token_summary(None) == {}
+
+
+def test_url_jwks_sends_the_token_file_over_https_and_rereads_it(issuer: TokenIssuer, tmp_path: Path) -> None:
+    from tests.integration.ca.test_ca_deploy_options import JwksServer
+
+    server = JwksServer(tmp_path, issuer.jwks())
+    try:
+        keys = UrlJwks(server.url, refresh_seconds=0, min_refetch_seconds=0, token_file=server.token_file,
+                       ca_file=server.ca)
+        assert keys.get_key(issuer.kid) is not None
+        server.token_file.write_text("second-token")  # kubelet rotated the projected token
+        assert keys.get_key(issuer.kid) is not None
+        assert server.seen == ["Bearer first-token", "Bearer second-token"]
+        # without the CA bundle the system store refuses the server: no keys, and no token was sent
+        bare = UrlJwks(server.url, token_file=server.token_file)
+        with pytest.raises(TokenError) as err:
+            bare.get_key(issuer.kid)
+        assert err.value.reason == "unknown_key" and len(server.seen) == 2
+    finally:
+        server.close()
+
+
+def test_url_jwks_refuses_a_token_over_http(tmp_path: Path) -> None:
+    from secmesh.errors import IdentityError
+    from secmesh.identity.tokens import jwks_source
+
+    (tmp_path / "t").write_text("x")
+    with pytest.raises(IdentityError):
+        UrlJwks("http://127.0.0.1:1/jwks", token_file=tmp_path / "t")
+    with pytest.raises(IdentityError):
+        jwks_source(str(tmp_path / "jwks.json"), ca_file=tmp_path / "t")
+    with pytest.raises(IdentityError):
+        UrlJwks("https://127.0.0.1:1/jwks", ca_file=tmp_path / "t")  # not a PEM bundle
