@@ -32,13 +32,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO_ARGS)
+	$(BIN)/secmesh demo $(DEMO_ARGS)
 
 ca-demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/ca-demo.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash ca/demo.sh
 
 proto: $(STAMP)
-	$(BIN)/python scripts/gen_proto.py
+	$(BIN)/python -m secmesh.proto.generate
 
 lint-policies: $(STAMP)
 	$(BIN)/python -m secmesh policy lint --strict policies/

@@ -12,7 +12,7 @@ from tests.support.proc import REPO_ROOT
 
 def test_ca_demo_script_runs_every_step(tmp_path: Path) -> None:
     env = dict(os.environ, TMPDIR=str(tmp_path), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "ca-demo.sh")], env=env, capture_output=True,
+    result = subprocess.run(["bash", str(REPO_ROOT / "ca" / "demo.sh")], env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

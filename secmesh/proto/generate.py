@@ -1,4 +1,4 @@
-"""Regenerate the gRPC stubs for every .proto under secmesh/proto/ (`make proto`).
+"""Regenerate the gRPC stubs for every .proto in this directory (`make proto`, `python -m secmesh.proto.generate`).
 
 Stubs are generated with grpcio-tools pinned in pyproject's `dev` extra, so regeneration is
 byte-identical; imports are rewritten to be package-relative so that our protos never land in
@@ -14,22 +14,21 @@ from pathlib import Path
 from grpc_tools import protoc
 import grpc_tools
 
-ROOT = Path(__file__).resolve().parents[1]
-PROTO_DIR = ROOT / "secmesh" / "proto"
+PROTO_DIR = Path(__file__).resolve().parent
 
 
-def main() -> int:
+def main(out_dir: Path = PROTO_DIR) -> int:
     protos = sorted(PROTO_DIR.glob("*.proto"))
     if not protos:
         print("no .proto files", file=sys.stderr)
         return 0
     include = Path(grpc_tools.__file__).parent / "_proto"
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={PROTO_DIR}",
-            f"--grpc_python_out={PROTO_DIR}", f"--pyi_out={PROTO_DIR}", *map(str, protos)]
+    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}", f"--pyi_out={out_dir}", *map(str, protos)]
     if protoc.main(args) != 0:
         return 1
     # make `import foo_pb2` in *_pb2_grpc.py package-relative
-    for grpc_file in PROTO_DIR.glob("*_pb2_grpc.py"):
+    for grpc_file in out_dir.glob("*_pb2_grpc.py"):
         text = grpc_file.read_text()
         fixed = re.sub(r"^import (\w+_pb2) as", r"from . import \1 as", text, flags=re.M)
         grpc_file.write_text(fixed)
@@ -37,4 +36,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else PROTO_DIR))

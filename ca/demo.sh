@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make ca-demo`: the CA end to end in a temporary directory, checked with openssl.
+# `make ca-demo` (ca/demo.sh): the CA end to end in a temporary directory, checked with openssl.
 #   init a CA → issue an SVID → verify it with `openssl verify` and `secmesh svid verify`
 #   → revoke it → show the CRL with `openssl crl`.
 set -euo pipefail
