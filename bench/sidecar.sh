@@ -4,6 +4,7 @@
 #   bench/sidecar.sh                       # direct, haproxy-tcp, haproxy-http and secmesh
 #   RUNS=1 DURATION=5s bench/sidecar.sh    # quick
 #   CONFIGS="direct haproxy-tcp secmesh" WORKERS=2 bench/sidecar.sh
+#   RESUMPTION=0 ACCESS_LOG=0 bench/sidecar.sh   # no TLS session tickets between the sidecars; no access log
 #
 # Every knob of run.sh (RUNS, DURATION, CONNS, URL_PATHS, HS_SECONDS, PIN, CONFIGS, KEEP …)
 # passes through. The kit is referenced, not copied: it must exist at ../shared/bench.
@@ -23,7 +24,9 @@ fi
 WORKERS=${WORKERS:-1}
 # Access logging costs a JSON line per connection; keep it on (as deployed) unless ACCESS_LOG=0.
 ACCESS=$([[ ${ACCESS_LOG:-1} == 1 ]] && echo --access-log || echo --no-access-log)
-COMMON="--ca {CA} --cert {CERT} --key {KEY} --workers $WORKERS $ACCESS --log-level info"
+# TLS 1.3 session resumption between the two sidecars (the default, as HAProxy's ssl-reuse); RESUMPTION=0 turns it off.
+RESUME=$([[ ${RESUMPTION:-1} == 1 ]] && echo --session-resumption || echo --no-session-resumption)
+COMMON="--ca {CA} --cert {CERT} --key {KEY} --workers $WORKERS $ACCESS $RESUME --log-level info"
 
 export CANDIDATE_NAME=${CANDIDATE_NAME:-secmesh}
 export CANDIDATE_INBOUND_CMD="env PYTHONPATH=$REPO $PY -m secmesh sidecar inbound --listen 127.0.0.1:{LISTEN_PORT} --upstream {UPSTREAM_HOST}:{UPSTREAM_PORT} $COMMON --allow-principal {PEER_ID}"

@@ -22,13 +22,29 @@ def _fail(exc: ConfigError) -> None:
     sys.exit(2)
 
 
+def _load_policies(config: Any) -> Any:
+    """Compile the policy files once, before forking: a broken or unsupported set stops start-up (exit 2)."""
+    if not config.policies:
+        return None
+    from secmesh.errors import SecmeshError
+    from secmesh.sidecar.policy_source import PolicySource
+
+    try:
+        return PolicySource.load(config)
+    except SecmeshError as exc:
+        what = "unsupported policy" if exc.reason == "unsupported" else "invalid policy"
+        click.echo(f"secmesh sidecar: {what}: {exc.message} (refusing to start: fail closed)", err=True)
+        sys.exit(2)
+
+
 def _start(config: Any) -> None:
     from secmesh import log as slog
     from secmesh.sidecar.app import run_worker
     from secmesh.sidecar.workers import run_workers
 
     slog.setup(config.log_level)
-    sys.exit(run_workers(config.worker_count, lambda i: run_worker(config, i)))
+    policies = _load_policies(config)
+    sys.exit(run_workers(config.worker_count, lambda i: run_worker(config, i, policies)))
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,9 +52,11 @@ def _start(config: Any) -> None:
 @click.option("--workers", type=int, help="Processes sharing each port (SO_REUSEPORT); 0 = one per core.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--admin", "admin_address", help="Admin HOST:PORT (loopback).")
+@click.option("--policies", help="Istio policy YAML (file or directory): AuthorizationPolicy + PeerAuthentication.")
+@click.option("--root-namespace", help="Mesh-wide policy namespace [istio-system].")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, workers: int | None, log_level: str | None,
-        admin_address: str | None) -> None:
+        admin_address: str | None, policies: str | None, root_namespace: str | None) -> None:
     """The mTLS sidecar proxy (L4): inbound terminates mTLS, outbound originates it."""
     if ctx.invoked_subcommand is not None:
         return
@@ -46,7 +64,8 @@ def cli(ctx: click.Context, config_path: str | None, workers: int | None, log_le
         raise click.UsageError("give --config FILE, or use `secmesh sidecar inbound|outbound …`")
     from secmesh.sidecar import config as sconfig
 
-    flags: dict[str, Any] = {"workers": workers, "log_level": log_level}
+    flags: dict[str, Any] = {"workers": workers, "log_level": log_level, "policies": policies,
+                             "root_namespace": root_namespace}
     if admin_address is not None:
         flags["admin"] = {"address": admin_address, "enabled": bool(admin_address)}
     try:
@@ -67,6 +86,8 @@ def _common(fn: Any) -> Any:
         click.option("--trust-domain", default=None,
                      help="Peers' trust domain (default: taken from the first allowed/expected ID)."),
         click.option("--min-tls", type=click.Choice(["1.2", "1.3"]), default="1.3", show_default=True),
+        click.option("--session-resumption/--no-session-resumption", default=True, show_default=True,
+                     help="TLS 1.3 session tickets between sidecars (per certificate version)."),
         click.option("--admin", "admin_address", default="", help="Admin HOST:PORT (loopback); off if empty."),
         click.option("--access-log/--no-access-log", default=True, show_default=True),
         click.option("--idle-timeout", default="1h", show_default=True),
@@ -99,7 +120,8 @@ def _flag_config(kind: str, ids: tuple[str, ...], kw: dict[str, Any], **listener
             trust_domain=td, workers=kw["workers"], log_level=kw["log_level"], access_log=kw["access_log"],
             admin=AdminConfig(address=kw["admin_address"], enabled=bool(kw["admin_address"])),
             certs=CertsConfig(source="file", file=FileSourceConfig(cert=kw["cert"], key=kw["key"], bundle=kw["ca"])),
-            tls=TlsConfig(min_version=kw["min_tls"], handshake_timeout=Duration(parse_duration(kw["handshake_timeout"]))),
+            tls=TlsConfig(min_version=kw["min_tls"], handshake_timeout=Duration(parse_duration(kw["handshake_timeout"])),
+                          session_resumption=kw["session_resumption"]),
             listeners=[ListenerConfig(name=kind, kind=kind, address=kw["listen"], upstream=kw["upstream"],
                                       max_connections=kw["max_connections"],
                                       idle_timeout=Duration(parse_duration(kw["idle_timeout"])), **listener)])

@@ -1,4 +1,4 @@
-"""The admin port (loopback only): /ready, /live, /metrics, /config_dump, /certs.
+"""The admin port (loopback only): /ready, /live, /metrics, /config_dump, /certs, /policies.
 
 A deliberately tiny HTTP/1.x responder on an asyncio Protocol: one request per connection,
 GET only, no keep-alive. It never shows a private key; /certs shows the SPIFFE ID, expiry and
@@ -35,10 +35,12 @@ def _jsonable(obj: Any) -> Any:
 class AdminState:
     """What the endpoints report; `is_ready` is a callable so the app decides what ready means."""
 
-    def __init__(self, config: SidecarConfig, store: CertStore, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, config: SidecarConfig, store: CertStore, is_ready: Callable[[], bool],
+                 policies: Any = None) -> None:
         self.config = config
         self.store = store
         self.is_ready = is_ready
+        self.policies = policies   # PolicySource or None
 
     def route(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
@@ -63,7 +65,25 @@ class AdminState:
                            roots_not_after=m.roots_not_after.isoformat(), fingerprint_sha256=m.fingerprint,
                            version=state.version)
             return 200, "application/json", json.dumps(doc, indent=2).encode() + b"\n"
+        if path == "/policies":
+            return 200, "application/json", json.dumps(self._policies(), indent=2).encode() + b"\n"
         return 404, "text/plain", b"not found\n"
+
+    def _policies(self) -> dict[str, Any]:
+        """The policy set in force (counts, version, last reload error) and each inbound port's mode."""
+        src = self.policies
+        if src is None:
+            return {"enabled": False}
+        from secmesh.sidecar.authz_policy import policy_label
+
+        snap = src.current
+        ports = {}
+        for lst in self.config.listeners:
+            if lst.kind == "inbound":
+                mode, ref = snap.mode(lst.policy_port)
+                ports[lst.name] = {"workload_port": lst.policy_port, "protocol": lst.protocol, "mtls_mode": mode.value,
+                                   "peer_authentication": policy_label(ref) or None}
+        return {"enabled": True, **snap.describe(), "last_error": src.last_error, "listeners": ports}
 
 
 class _AdminProtocol(asyncio.Protocol):

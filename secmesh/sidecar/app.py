@@ -3,7 +3,13 @@
 Order matters: the certificate source starts first and listeners are bound only once a
 certificate is held (Envoy's "warming" listeners), so a peer never reaches a port that
 cannot complete a handshake. SIGTERM stops accepting, lets connections finish for up to
-`drain_timeout`, then aborts the rest. SIGHUP reloads file-based certificates at once.
+`drain_timeout`, then aborts the rest. SIGHUP reloads file-based certificates and the policy
+files at once.
+
+Authorization per inbound listener: with `policies` configured, the Istio policy engine
+(`PolicyAuthorizer`) decides and PeerAuthentication in the same files sets each port's mTLS
+mode; without it, the listener's ghostunnel-style `allow_principals` list and static
+`mtls_mode` apply. The config refuses a listener that mixes the two.
 """
 
 from __future__ import annotations
@@ -12,33 +18,54 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from secmesh.identity.spiffe import TrustDomain
 from secmesh.log import log_event
 from secmesh.sidecar.admin import AdminState, start_admin
 from secmesh.sidecar.authz_l4 import AllowAny, AllowList, ConnectionAuthorizer
 from secmesh.sidecar.certstore import CertStore
-from secmesh.sidecar.config import ListenerConfig, SidecarConfig, split_host_port
+from secmesh.sidecar.config import ListenerConfig, MtlsMode, SidecarConfig, split_host_port
 from secmesh.sidecar.connection import ConnContext
 from secmesh.sidecar.listener import Listener
 from secmesh.sidecar.tls import ContextHolder
 
+if TYPE_CHECKING:
+    from secmesh.sidecar.policy_source import PolicySnapshot, PolicySource
+
 log = logging.getLogger("secmesh.sidecar")
 
 
-def authorizer_for(cfg: ListenerConfig) -> ConnectionAuthorizer:
-    """The L4 authorizer of a listener; the policy engine will be plugged in here later."""
+def authorizer_for(cfg: ListenerConfig, policies: PolicySource | None = None) -> ConnectionAuthorizer:
+    """The L4 authorizer of a listener: the policy engine when policy files are configured."""
     if cfg.kind == "outbound":
         return AllowAny()
+    if policies is not None:
+        from secmesh.sidecar.authz_policy import PolicyAuthorizer
+
+        return PolicyAuthorizer(policies, listener=cfg.name, protocol=cfg.protocol, port=cfg.policy_port)
     return AllowList(cfg.allow_principals, allow_all=cfg.allow_all, name=f"{cfg.name}/allow_principals")
 
 
+def mode_fn_for(cfg: ListenerConfig, policies: PolicySource | None) -> Callable[[], MtlsMode] | None:
+    """PeerAuthentication from the policy files for this port, read from the current snapshot."""
+    if policies is None or cfg.kind != "inbound":
+        return None
+    port = cfg.policy_port
+    return lambda: policies.current.mode(port)[0]
+
+
 class Sidecar:
-    def __init__(self, config: SidecarConfig, *, worker: int = 0) -> None:
+    def __init__(self, config: SidecarConfig, *, worker: int = 0, policies: PolicySnapshot | None = None) -> None:
         self.config = config
         self.worker = worker
-        self.holder = ContextHolder(min_version=config.tls.min_version, ciphers_tls12=config.tls.ciphers_tls12)
+        self.policies: PolicySource | None = None
+        if policies is not None:
+            from secmesh.sidecar.policy_source import PolicySource
+
+            self.policies = PolicySource(config, policies)
+        self.holder = ContextHolder(min_version=config.tls.min_version, ciphers_tls12=config.tls.ciphers_tls12,
+                                    session_resumption=config.tls.session_resumption)
         self.store = CertStore(self.holder)
         self.listeners: list[Listener] = []
         self.file_source: Any = None
@@ -68,6 +95,19 @@ class Sidecar:
         if self.file_source is not None:
             log_event(log, logging.INFO, "SIGHUP: reloading certificate files")
             self.file_source.load()
+        if self.policies is not None:
+            self.policies.request_reload()
+
+    def _log_modes(self, snap: PolicySnapshot) -> None:
+        """Say which PeerAuthentication sets each inbound port's mode (at start and after each reload)."""
+        from secmesh.sidecar.authz_policy import policy_label
+
+        for lcfg in self.config.listeners:
+            if lcfg.kind == "inbound":
+                mode, ref = snap.mode(lcfg.policy_port)
+                log_event(log, logging.INFO, "peer authentication", listener=lcfg.name, workload_port=lcfg.policy_port,
+                          mtls_mode=mode.value, policy=policy_label(ref) or "default (no PeerAuthentication)",
+                          policy_version=snap.version)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -75,21 +115,31 @@ class Sidecar:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         admin = None
+        access: Any = None
         cfg = self.config
         if self.worker == 0 and cfg.admin.enabled and cfg.admin.address:
             host, port = split_host_port(cfg.admin.address, what="admin.address")
-            admin = await start_admin(AdminState(cfg, self.store, self.is_ready), host, port)
+            admin = await start_admin(AdminState(cfg, self.store, self.is_ready, self.policies), host, port)
             log_event(log, logging.INFO, "admin listening", address=cfg.admin.address)
         self._start_source()
+        if self.policies is not None:
+            self._log_modes(self.policies.current)
+            self.policies.subscribe(self._log_modes)
+            self._tasks.append(asyncio.create_task(self.policies.run(), name="policy-source"))
         waiter = asyncio.ensure_future(self.store.ready.wait())
         stopper = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not self._stop.is_set():
             td = TrustDomain.parse(cfg.trust_domain) if cfg.trust_domain else None
+            if cfg.access_log:
+                from secmesh.sidecar.connlog import ConnectionLog
+
+                access = ConnectionLog(loop)
             for lcfg in cfg.listeners:
-                ctx = ConnContext(cfg=lcfg, holder=self.holder, authorizer=authorizer_for(lcfg), trust_domain=td,
-                                  handshake_timeout=cfg.tls.handshake_timeout, high_water=cfg.buffer_high_water,
-                                  low_water=cfg.buffer_low_water, access_log=cfg.access_log, loop=loop)
+                ctx = ConnContext(cfg=lcfg, holder=self.holder, authorizer=authorizer_for(lcfg, self.policies),
+                                  trust_domain=td, handshake_timeout=cfg.tls.handshake_timeout,
+                                  high_water=cfg.buffer_high_water, low_water=cfg.buffer_low_water,
+                                  access_log=access, loop=loop, mode_fn=mode_fn_for(lcfg, self.policies))
                 listener = Listener(lcfg, ctx)
                 await listener.start()
                 self.listeners.append(listener)
@@ -100,6 +150,8 @@ class Sidecar:
         for lst in self.listeners:
             lst.stop_accepting()
         aborted = sum(await asyncio.gather(*(lst.drain(cfg.drain_timeout) for lst in self.listeners)))
+        if access is not None:
+            access.flush()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -126,9 +178,13 @@ def _tune_gc() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-def run_worker(config: SidecarConfig, worker: int = 0) -> int:
-    """Run one worker's event loop (uvloop) to completion; returns the exit code."""
+def run_worker(config: SidecarConfig, worker: int = 0, policies: PolicySnapshot | None = None) -> int:
+    """Run one worker's event loop (uvloop) to completion; returns the exit code.
+
+    `policies` is the set compiled before forking (so a bad set stops start-up once, and
+    workers share the compiled engine copy-on-write).
+    """
     import uvloop
 
     _tune_gc()
-    return uvloop.run(Sidecar(config, worker=worker).run())
+    return uvloop.run(Sidecar(config, worker=worker, policies=policies).run())

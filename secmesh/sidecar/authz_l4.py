@@ -3,7 +3,7 @@
 The listener asks `decide(ConnectionInfo)` right after the handshake, before a byte of the
 peer's data is read. `allowed=False` means the connection is aborted now; `residual` is kept
 for a codec layer when the engine cannot decide without request attributes. The policy engine
-(`secmesh.policy`) will be plugged in behind the same Protocol.
+(`secmesh.policy`) sits behind the same Protocol (`authz_policy.PolicyAuthorizer`).
 
 `AllowList` mirrors ghostunnel's `--allow-uri`: `*` matches exactly one path segment, `**` as
 the last segment matches any remaining path (one or more segments). The server side fails
@@ -36,9 +36,13 @@ class ConnectionInfo:
 @dataclass(frozen=True, slots=True)
 class L4Decision:
     allowed: bool
-    reason: str
-    policy: str | None = None
-    residual: object | None = None
+    reason: str                     # human text for the log (names the policy and its file:line:col)
+    policy: str | None = None       # metric label: which policy / list decided
+    residual: object | None = None  # engine residual for the L7 layer (policy engine only)
+    code: str = ""                  # closed reason (metric label)
+    ref: object | None = None       # the engine's RuleRef when a policy decided (namespace/name/rule/pos)
+    engine: object | None = None    # the policy Engine that made `residual`: finish it with this one
+                                    # (`engine.decide_request(residual, req)`), even after a reload
 
 
 class ConnectionAuthorizer(Protocol):
@@ -104,25 +108,26 @@ class AllowList:
 
     def decide(self, info: ConnectionInfo) -> L4Decision:
         if self.allow_all and not self._exact and not self._patterns:
-            return L4Decision(True, "allow_all", self.name)
+            return L4Decision(True, "allow_all", self.name, code="allow_all")
         if info.principal is None:
-            return L4Decision(False, "no verified peer identity", self.name)
+            return L4Decision(False, "no verified peer identity", self.name, code="no_peer_identity")
         text = str(info.principal)
         if text in self._exact:
-            return L4Decision(True, f"principal {text} allowed", self.name)
+            return L4Decision(True, f"principal {text} allowed", self.name, code="allow_list")
         for p in self._patterns:
             if p.matches(info.principal):
-                return L4Decision(True, f"principal {text} matches {p.text}", self.name)
+                return L4Decision(True, f"principal {text} matches {p.text}", self.name, code="allow_list")
         if not self._exact and not self._patterns:
-            return L4Decision(False, "allow list is empty (fail closed; set allow_all to admit any peer)", self.name)
-        return L4Decision(False, f"principal {text} is not in the allow list", self.name)
+            return L4Decision(False, "allow list is empty (fail closed; set allow_all to admit any peer)", self.name,
+                              code="empty_allow_list")
+        return L4Decision(False, f"principal {text} is not in the allow list", self.name, code="not_in_allow_list")
 
 
 class AllowAny:
     """Admit any connection: used for plaintext ports (DISABLE) and outbound listeners."""
 
     def decide(self, info: ConnectionInfo) -> L4Decision:
-        return L4Decision(True, "no authorization on this listener", None)
+        return L4Decision(True, "no authorization on this listener", None, code="no_authz")
 
 
 def _is_id(text: str) -> bool:

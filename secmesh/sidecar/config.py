@@ -82,6 +82,7 @@ class TlsConfig:
     min_version: str = "1.3"          # "1.3" (default) or "1.2"; nothing older is ever offered
     handshake_timeout: Duration = Duration(10.0)
     ciphers_tls12: str = "ECDHE+AESGCM:ECDHE+CHACHA20"   # only used when min_version is 1.2
+    session_resumption: bool = True   # TLS 1.3 tickets between sidecars (see configs/sidecar.yaml)
 
     def __post_init__(self) -> None:
         if self.min_version not in ("1.2", "1.3"):
@@ -94,7 +95,9 @@ class ListenerConfig:
     kind: str = "inbound"              # inbound: mTLS in → plaintext to the app; outbound: the reverse
     address: str = ""                  # HOST:PORT to listen on
     upstream: str = ""                 # HOST:PORT to forward to
-    mtls_mode: MtlsMode = MtlsMode.STRICT   # inbound only: PeerAuthentication mode of this port
+    mtls_mode: MtlsMode | None = None  # inbound, without `policies`: STRICT (the default), PERMISSIVE or DISABLE
+    protocol: str = "tcp"              # inbound: what the app speaks on this port, `tcp` or `http` (picks Istio's rules)
+    workload_port: int = 0             # inbound: the port policies name (portLevelMtls, to.ports); 0 = upstream's port
     allow_principals: list[str] = field(default_factory=list)  # inbound: SPIFFE ID patterns (`*` one segment, `**` the rest)
     allow_all: bool = False            # inbound: admit any verified peer when allow_principals is empty
     peer_ids: list[str] = field(default_factory=list)     # outbound: the server SPIFFE IDs accepted (at least one)
@@ -110,6 +113,10 @@ class ListenerConfig:
             raise ValueError(f"listener {self.name}: `kind` must be inbound or outbound, got {self.kind!r}")
         split_host_port(self.address, what=f"listeners[{self.name}].address")
         split_host_port(self.upstream, what=f"listeners[{self.name}].upstream")
+        if self.protocol not in ("tcp", "http"):
+            raise ValueError(f"listener {self.name}: `protocol` must be tcp or http, got {self.protocol!r}")
+        if not 0 <= self.workload_port <= 65535:
+            raise ValueError(f"listener {self.name}: `workload_port` must be in 0..65535")
         if isinstance(self.mtls_mode, str) and not isinstance(self.mtls_mode, MtlsMode):
             try:
                 object.__setattr__(self, "mtls_mode", MtlsMode(self.mtls_mode.upper()))
@@ -133,12 +140,35 @@ class ListenerConfig:
             raise ValueError(f"listener {self.name}: `max_connections` must be at least 1")
 
     @property
+    def static_mode(self) -> MtlsMode:
+        """The port's mode when no policy files are configured (STRICT unless set)."""
+        return self.mtls_mode or MtlsMode.STRICT
+
+    @property
+    def policy_port(self) -> int:
+        """The destination port policies see: the workload (app) port, as behind Istio's iptables redirect."""
+        return self.workload_port or self.upstream_addr[1]
+
+    @property
     def listen(self) -> tuple[str, int]:
         return split_host_port(self.address, what="address")
 
     @property
     def upstream_addr(self) -> tuple[str, int]:
         return split_host_port(self.upstream, what="upstream")
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """Who this sidecar protects, as Istio policy scoping sees it (namespace + pod labels)."""
+
+    namespace: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.namespace:
+            raise ValueError("`workload.namespace` must not be empty")
+        object.__setattr__(self, "labels", {str(k): str(v) for k, v in dict(self.labels).items()})
 
 
 @dataclass(frozen=True)
@@ -150,6 +180,10 @@ class SidecarConfig:
     drain_timeout: Duration = Duration(5.0)
     buffer_high_water: int = 262144       # bytes queued towards one side before the other side is paused
     buffer_low_water: int = 65536         # … and resumed
+    policies: str = ""                    # Istio YAML (file or directory): Authorization + PeerAuthentication
+    root_namespace: str = "istio-system"  # meshConfig.rootNamespace: policies there apply mesh-wide
+    policy_poll_interval: Duration = Duration(1.0)   # how often `policies` is checked for changes
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     certs: CertsConfig = field(default_factory=CertsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -170,6 +204,18 @@ class SidecarConfig:
         if len(set(names)) != len(names):
             raise ValueError("listener names must be unique")
         object.__setattr__(self, "listeners", listeners)
+        if self.policies:
+            for lst in listeners:
+                if lst.kind != "inbound":
+                    continue
+                if lst.allow_principals or lst.allow_all:
+                    raise ValueError(f"listener {lst.name}: `allow_principals`/`allow_all` cannot be combined with "
+                                     "`policies` (the AuthorizationPolicies decide); remove one of them")
+                if lst.mtls_mode is not None:
+                    raise ValueError(f"listener {lst.name}: `mtls_mode` cannot be combined with `policies` "
+                                     "(PeerAuthentication in the policy files sets each port's mode)")
+        if not self.root_namespace:
+            raise ValueError("`root_namespace` must not be empty")
 
     @property
     def worker_count(self) -> int:

@@ -16,20 +16,25 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from secmesh.errors import IdentityError
 from secmesh.identity.spiffe import TrustDomain
 from secmesh.log import log_event
 from secmesh.sidecar import metrics
 from secmesh.sidecar.authz_l4 import ConnectionAuthorizer, ConnectionInfo
-from secmesh.sidecar.config import ListenerConfig
+from secmesh.sidecar.config import ListenerConfig, MtlsMode
 from secmesh.sidecar.flow import Pipe, link
-from secmesh.sidecar.tls import ContextHolder, classify_handshake_error, peer_spiffe_id
+from secmesh.sidecar.tls import ContextHolder, check_resumed_peer, classify_handshake_error, peer_spiffe_id
+
+try:
+    from uvloop import Loop as _UVLOOP
+except ImportError:  # pragma: no cover - uvloop is a dependency; stdlib asyncio works too
+    _UVLOOP = None
 
 log = logging.getLogger("secmesh.sidecar.connection")
-access = logging.getLogger("secmesh.sidecar.access")
 
 
 @dataclass
@@ -43,19 +48,24 @@ class ConnContext:
     handshake_timeout: float
     high_water: int
     low_water: int
-    access_log: bool
+    access_log: Any    # a ConnectionLog (batched JSON lines), or None/False when off
     loop: asyncio.AbstractEventLoop
     conns: set[Any] = field(default_factory=set)
+    mode_fn: Callable[[], MtlsMode] | None = None   # PeerAuthentication from policy files; None = static mode
 
     def __post_init__(self) -> None:
         self.name = self.cfg.name
         self.upstream = self.cfg.upstream_addr
+        self.upstream_text = f"{self.upstream[0]}:{self.upstream[1]}"
         self.peer_ids = frozenset(self.cfg.peer_ids)
         n = self.name
         self.m_accepted = metrics.connections(n, "accepted")
         self.m_active = metrics.active(n)
         self.m_up = metrics.bytes_counter(n, "upstream")
         self.m_down = metrics.bytes_counter(n, "downstream")
+        self.m_resumed = metrics.tls_resumed(n)
+        # uvloop sets TCP_NODELAY on every TCP transport it creates; stdlib asyncio does not
+        self.set_nodelay = _UVLOOP is None or not isinstance(self.loop, _UVLOOP)
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -78,13 +88,16 @@ class _Downstream(Pipe):
         self.peer_id: str | None = None
         self.policy: str | None = None
         self.residual: object | None = None
+        self.engine: object | None = None
         self.tls_version: str | None = None
+        self.tls_resumed = False
         self.cipher: str | None = None
         self.upstream_pipe: Pipe | None = None
         self._setup_done = False
         self._finished = False
         self.started = 0.0
         self.idle_since = 0.0
+        self.seen_bytes = 0        # bytes moved either way at the last idle sweep
         self.src: tuple[str, int] = ("", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,7 +114,8 @@ class _Downstream(Pipe):
         ctx.conns.add(self)
         ctx.m_accepted.inc()
         ctx.m_active.inc()
-        _nodelay(transport)
+        if ctx.set_nodelay:
+            _nodelay(transport)
         if not self.begin():
             self._setup_done = True
             return
@@ -125,17 +139,19 @@ class _Downstream(Pipe):
     async def setup(self) -> None:
         raise NotImplementedError
 
-    def data_received(self, data: bytes) -> None:
-        if self.peer is None and self.transport is not None:
-            # uvloop starts reading right after connection_made even if it paused reading;
-            # keep what arrives (bounded: reading stops at once) until the upstream is linked.
-            self.transport.pause_reading()
-        super().data_received(data)
-
-    def fail(self, result: str, reason: str, *, level: int = logging.WARNING, abort: bool = True) -> None:
+    def fail(self, result: str, reason: str, *, level: int = logging.WARNING, abort: bool = True,
+             code: str | None = None, ref: Any = None) -> None:
         self.result, self.reason = result, reason
+        extra: dict[str, Any] = {}
+        if code:
+            extra["code"] = code
+        if self.policy:
+            extra["policy"] = self.policy
+        if ref is not None:   # a policy decided: name it the way a human finds it in the YAML
+            extra.update(policy_kind=ref.kind, policy_namespace=ref.namespace, policy_name=ref.name,
+                         policy_rule=ref.rule, policy_action=ref.action, policy_source=str(ref.pos))
         log_event(log, level, "connection refused", listener=self.ctx.name, result=result, reason=reason,
-                  src=f"{self.src[0]}:{self.src[1]}", peer_id=self.peer_id)
+                  src=f"{self.src[0]}:{self.src[1]}", peer_id=self.peer_id, **extra)
         if abort:
             self.abort()
         if self.upstream_pipe is not None:
@@ -146,7 +162,8 @@ class _Downstream(Pipe):
         host, port = self.ctx.upstream
         timeout = self.ctx.cfg.connect_timeout + (self.ctx.handshake_timeout if "ssl" in kw else 0.0)
         try:
-            _, up = await asyncio.wait_for(self.ctx.loop.create_connection(Pipe, host, port, **kw), timeout)
+            async with asyncio.timeout(timeout):   # no extra task per connection, unlike wait_for
+                _, up = await self.ctx.loop.create_connection(Pipe, host, port, **kw)
         except (ssl.SSLError, ssl.CertificateError) as exc:
             reason = classify_handshake_error(exc)
             metrics.handshake_failures(self.ctx.name, "upstream_" + reason).inc()
@@ -159,7 +176,8 @@ class _Downstream(Pipe):
             self.result = "client_gone"
             up.abort()
             return None
-        _nodelay(up.transport)  # type: ignore[arg-type]
+        if self.ctx.set_nodelay:
+            _nodelay(up.transport)  # type: ignore[arg-type]
         self.upstream_pipe = up
         return up
 
@@ -187,12 +205,13 @@ class _Downstream(Pipe):
             ctx.m_down.inc(down_bytes)
         metrics.connections(ctx.name, self.result if self.result != "forwarded" else "closed").inc()
         if ctx.access_log:
-            access.info("connection", extra={"fields": {
+            ctx.access_log.emit({
                 "listener": ctx.name, "src": f"{self.src[0]}:{self.src[1]}", "peer_id": self.peer_id,
-                "upstream": f"{ctx.upstream[0]}:{ctx.upstream[1]}", "bytes_up": up_bytes,
+                "upstream": ctx.upstream_text, "bytes_up": up_bytes,
                 "bytes_down": down_bytes, "duration_ms": round((ctx.loop.time() - self.started) * 1000, 1),
-                "tls_version": self.tls_version, "cipher": self.cipher, "result": self.result,
-                "reason": self.reason, "policy": self.policy}})
+                "tls_version": self.tls_version, "cipher": self.cipher, "tls_resumed": self.tls_resumed,
+                "result": self.result,
+                "reason": self.reason, "policy": self.policy})
 
 
 def _tls_info(conn: _Downstream, transport: Any) -> None:
@@ -229,25 +248,31 @@ class InboundConnection(_Downstream):
         ctx = self.ctx
         t = self.transport
         sid = None
+        sslobj = t.get_extra_info("ssl_object")  # type: ignore[union-attr]
         if self.is_tls:
             try:
-                sid = peer_spiffe_id(t.get_extra_info("peercert"), ctx.trust_domain)  # type: ignore[union-attr]
+                peercert = t.get_extra_info("peercert")  # type: ignore[union-attr]
+                if sslobj is not None and sslobj.session_reused:
+                    ctx.m_resumed.inc()
+                    self.tls_resumed = True
+                    check_resumed_peer(peercert, time.time())
+                sid = peer_spiffe_id(peercert, ctx.trust_domain)
             except IdentityError as exc:
                 metrics.handshake_failures(ctx.name, exc.reason).inc()
                 self.fail("denied", exc.message)
                 return False
             self.peer_id = str(sid)
         sockname = t.get_extra_info("sockname") or ("", 0)  # type: ignore[union-attr]
-        sslobj = t.get_extra_info("ssl_object")  # type: ignore[union-attr]
         info = ConnectionInfo(sid, self.src[0], self.src[1], sockname[0], sockname[1],
                               getattr(sslobj, "server_hostname", None), ctx.name, self.is_tls)
         decision = ctx.authorizer.decide(info)
         self.policy = decision.policy
-        metrics.authz(ctx.name, "allow" if decision.allowed else "deny", decision.policy or "").inc()
+        metrics.authz(ctx.name, "allow" if decision.allowed else "deny", decision.code, decision.policy or "").inc()
         if not decision.allowed:
-            self.fail("denied", decision.reason)
+            self.fail("denied", decision.reason, code=decision.code, ref=decision.ref)
             return False
         self.residual = decision.residual
+        self.engine = decision.engine     # the policy engine that must finish `residual` (L7)
         return True
 
 
@@ -260,14 +285,21 @@ class OutboundConnection(_Downstream):
         if state is None:
             self.fail("upstream_failed", "no certificate held yet")
             return
-        up = await self.connect_upstream(ssl=state.client, server_hostname=ctx.cfg.sni or None,
+        client = ctx.holder.client_for(ctx.name)
+        up = await self.connect_upstream(ssl=client, server_hostname=ctx.cfg.sni or None,
                                          ssl_handshake_timeout=ctx.handshake_timeout)
         if up is None:
             return
         up.is_tls = True
         t = up.transport
+        sslobj = t.get_extra_info("ssl_object")  # type: ignore[union-attr]
         try:
-            sid = peer_spiffe_id(t.get_extra_info("peercert"), ctx.trust_domain)  # type: ignore[union-attr]
+            peercert = t.get_extra_info("peercert")  # type: ignore[union-attr]
+            if sslobj is not None and sslobj.session_reused:
+                ctx.m_resumed.inc()
+                self.tls_resumed = True
+                check_resumed_peer(peercert, time.time())
+            sid = peer_spiffe_id(peercert, ctx.trust_domain)
         except IdentityError as exc:
             metrics.handshake_failures(ctx.name, "upstream_" + exc.reason).inc()
             self.fail("upstream_failed", f"upstream identity: {exc.message}")
@@ -278,5 +310,17 @@ class OutboundConnection(_Downstream):
             self.fail("upstream_failed", f"upstream presented {sid}, expected one of {sorted(ctx.peer_ids)}")
             return
         _tls_info(self, t)
+        slot = getattr(client, "secmesh_sessions", None)
+        if slot is not None and not sslobj.session_reused and not slot.waiting:
+            slot.waiting = True    # the ticket follows the handshake: pick it up shortly
+            ctx.loop.call_later(0.02, _capture_session, ctx.loop, slot, sslobj, 0.02)
         t.pause_reading()  # type: ignore[union-attr]
         self.splice(up)
+
+
+def _capture_session(loop: asyncio.AbstractEventLoop, slot: Any, sslobj: Any, delay: float) -> None:
+    """Keep this connection's session once its ticket has arrived (retrying a few times)."""
+    if slot.offer(sslobj) or delay > 1.0:
+        slot.waiting = False
+        return
+    loop.call_later(delay * 2, _capture_session, loop, slot, sslobj, delay * 2)

@@ -29,8 +29,7 @@ class Pipe(asyncio.Protocol):
         self.transport = None
         self.peer = None
         self.is_tls = False
-        self.nbytes = 0          # bytes read on this side (and written to the peer)
-        self.touched = True      # set on every read; the idle sweeper clears it
+        self.nbytes = 0          # bytes read on this side (and written to the peer); the idle sweeper watches it
         self.got_eof = False
         self.closed = False
         self._pending: list[bytes] | None = None
@@ -41,15 +40,19 @@ class Pipe(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.touched = True
+        # The hot path: one call per read, so kept to a length update and a write.
         peer = self.peer
-        if peer is None or peer.transport is None:   # not linked yet (reading should be paused)
-            if self._pending is None:
-                self._pending = []
-            self._pending.append(data)
+        if peer is not None:
+            self.nbytes += len(data)
+            peer.transport.write(data)  # type: ignore[union-attr]
             return
-        self.nbytes += len(data)
-        peer.transport.write(data)
+        # Not linked yet: uvloop starts reading right after connection_made even if the
+        # protocol paused reading there; keep what arrives (bounded: reading stops at once).
+        if self._pending is None:
+            self._pending = []
+        self._pending.append(data)
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         self.got_eof = True

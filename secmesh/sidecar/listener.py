@@ -6,7 +6,9 @@ that completes the handshake *before* our protocol sees the connection, and a fa
 handshake surfaces here as an exception with its reason (uvloop's `create_server(ssl=…)`
 would swallow it), so it is logged and counted. A PERMISSIVE port first peeks (MSG_PEEK,
 nothing consumed) at the first bytes: a TLS ClientHello goes to the mTLS pipeline, anything
-else is passed to the app as plaintext with the original bytes intact.
+else is passed to the app as plaintext with the original bytes intact. With policy files the
+port's mode comes from PeerAuthentication and can change on a reload, so such ports always
+accept here and read the current mode per accepted batch (DISABLE: plaintext passthrough).
 """
 
 from __future__ import annotations
@@ -66,7 +68,16 @@ class Listener:
 
     @property
     def mode(self) -> MtlsMode:
-        return self.cfg.mtls_mode
+        """The port's PeerAuthentication mode now (policy-driven modes change on reload)."""
+        fn = self.ctx.mode_fn
+        return fn() if fn is not None else self.cfg.static_mode
+
+    @property
+    def accepts_in_python(self) -> bool:
+        """mTLS-capable inbound ports accept here; plaintext-only ports use the loop's C accept loop."""
+        if self.cfg.kind != "inbound":
+            return False
+        return self.ctx.mode_fn is not None or self.cfg.static_mode is not MtlsMode.DISABLE
 
     @property
     def bound_port(self) -> int:
@@ -75,7 +86,7 @@ class Listener:
     async def start(self, sock: socket.socket | None = None) -> None:
         host, port = self.cfg.listen
         self.sock = sock or bind_socket(host, port)
-        if self.cfg.kind == "inbound" and self.mode is not MtlsMode.DISABLE:
+        if self.accepts_in_python:
             self.loop.add_reader(self.sock.fileno(), self._on_accept)
         else:
             ctx = self.ctx
@@ -95,6 +106,7 @@ class Listener:
 
     def _on_accept(self) -> None:
         assert self.sock is not None
+        mode = self.mode
         for _ in range(64):
             try:
                 conn, _addr = self.sock.accept()
@@ -108,9 +120,12 @@ class Listener:
                 conn.close()
                 continue
             conn.setblocking(False)
-            if self.mode is MtlsMode.STRICT:
+            if mode is MtlsMode.STRICT:
                 self.handshaking += 1
                 self.loop.create_task(self._adopt(conn, True))
+                continue
+            if mode is MtlsMode.DISABLE:   # plaintext passthrough: whatever the client speaks goes to the app
+                self.loop.create_task(self._adopt(conn, False))
                 continue
             fd = conn.fileno()
             self._sniffing[fd] = (conn, self.loop.time() + self.ctx.handshake_timeout)
@@ -130,13 +145,15 @@ class Listener:
             conn.close()
             return
         wire = classify(first)
-        ok, reason = admit(self.mode, wire)
+        mode = self.mode
+        ok, reason = admit(mode, wire)
         if not ok:
             metrics.connections(self.cfg.name, "refused_" + wire.value).inc()
-            log_event(log, logging.WARNING, "connection refused", listener=self.cfg.name, reason=reason)
+            log_event(log, logging.WARNING, "connection refused", listener=self.cfg.name, reason=reason,
+                      mtls_mode=mode.value, src=_peer(conn))
             conn.close()
             return
-        tls = wire is Wire.TLS
+        tls = wire is Wire.TLS and mode is not MtlsMode.DISABLE
         if tls:
             self.handshaking += 1
         self.loop.create_task(self._adopt(conn, tls))
@@ -177,10 +194,9 @@ class Listener:
         idle_timeout = self.cfg.idle_timeout
         for c in list(self.ctx.conns):
             up = c.upstream_pipe
-            if c.touched or (up is not None and up.touched):
-                c.touched = False
-                if up is not None:
-                    up.touched = False
+            moved = c.nbytes + (up.nbytes if up is not None else 0)
+            if moved != c.seen_bytes:
+                c.seen_bytes = moved
                 c.idle_since = now
             elif now - c.idle_since >= idle_timeout and c.result == "forwarded":
                 c.result, c.reason = "idle_timeout", f"no bytes either way for {idle_timeout:g}s"

@@ -22,8 +22,21 @@ HANDSHAKE_FAILURES = Counter(
     "secmesh_sidecar_handshake_failures", "TLS handshakes that failed, by listener and reason.",
     ["listener", "reason"], registry=REGISTRY)
 AUTHZ = Counter(
-    "secmesh_sidecar_authz_decisions", "Connection-time (L4) authorization decisions, by listener, "
-    "decision and the policy that decided.", ["listener", "decision", "policy"], registry=REGISTRY)
+    "secmesh_sidecar_authz_decisions", "Connection-time (L4) authorization decisions, by listener, decision "
+    "(allow, deny), reason (closed set) and the policy that decided (`ns[..]-policy[..]-rule[..]`, "
+    "a PeerAuthentication, an allow list, or empty).", ["listener", "decision", "reason", "policy"],
+    registry=REGISTRY)
+AUTHZ_DRY_RUN = Counter(
+    "secmesh_sidecar_authz_dry_run", "What dry-run (istio.io/dry-run) policies would have decided at connection "
+    "time, by listener, dry-run action, result and policy; never enforced.",
+    ["listener", "action", "result", "policy"], registry=REGISTRY)
+POLICY_RELOADS = Counter("secmesh_sidecar_policy_reloads", "Policy file reloads by result (applied, rejected).",
+                         ["result"], registry=REGISTRY)
+POLICY_VERSION = Gauge("secmesh_sidecar_policy_version", "Version of the policy set in force (1 = loaded at start).",
+                       registry=REGISTRY)
+TLS_RESUMED = Counter(
+    "secmesh_sidecar_tls_resumed", "Handshakes that resumed a TLS session (ticket) instead of a full handshake, "
+    "by listener (inbound: as server, outbound: as client).", ["listener"], registry=REGISTRY)
 BYTES = Counter(
     "secmesh_sidecar_bytes", "Bytes forwarded, by listener and direction (upstream = towards the "
     "listener's upstream, downstream = back to the client).", ["listener", "direction"], registry=REGISTRY)
@@ -58,8 +71,23 @@ def handshake_failures(listener: str, reason: str) -> Counter:
 
 
 @lru_cache(maxsize=4096)
-def authz(listener: str, decision: str, policy: str) -> Counter:
-    return AUTHZ.labels(listener, decision, policy)
+def authz(listener: str, decision: str, reason: str, policy: str) -> Counter:
+    return AUTHZ.labels(listener, decision, reason, policy)
+
+
+@lru_cache(maxsize=4096)
+def authz_dry_run(listener: str, action: str, result: str, policy: str) -> Counter:
+    return AUTHZ_DRY_RUN.labels(listener, action, result, policy)
+
+
+@lru_cache(maxsize=None)
+def policy_reloads(result: str) -> Counter:
+    return POLICY_RELOADS.labels(result)
+
+
+@lru_cache(maxsize=None)
+def tls_resumed(listener: str) -> Counter:
+    return TLS_RESUMED.labels(listener)
 
 
 @lru_cache(maxsize=None)

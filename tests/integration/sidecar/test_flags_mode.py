@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import subprocess
@@ -153,3 +154,61 @@ def test_sigterm_drains_open_connections(tmp_path, pki, echo):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         s.close()
         assert inbound.popen.wait(10) == 0
+
+
+def test_session_resumption_between_sidecars_and_rotation_forces_a_full_handshake(tmp_path, pki, echo):
+    """Outbound resumes with the inbound's ticket; new server material (new ticket keys) → full handshake."""
+    cert, key = tmp_path / "srv.pem", tmp_path / "srv.key"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    in_port = free_port()
+    inbound, in_admin = start_sidecar(tmp_path, "inbound", "inbound", "--listen", f"127.0.0.1:{in_port}", "--upstream",
+                                      echo.address, "--ca", str(pki.ca_pem), "--cert", str(cert), "--key", str(key),
+                                      "--allow-principal", pki.client_id)
+    out_port = free_port()
+    with inbound:
+        outbound, out_admin = start_sidecar(
+            tmp_path, "outbound", "outbound", "--listen", f"127.0.0.1:{out_port}", "--upstream",
+            f"127.0.0.1:{in_port}", "--ca", str(pki.ca_pem), "--cert", str(pki.client_cert), "--key",
+            str(pki.client_key), "--peer-id", pki.server_id)
+
+        def resumed(admin: int, listener: str) -> float:
+            return metric(admin_get(admin, "/metrics")[1], "secmesh_sidecar_tls_resumed_total", listener=listener)
+
+        def roundtrip(msg: bytes) -> None:
+            with socket.create_connection(("127.0.0.1", out_port), timeout=5) as s:
+                assert echo_roundtrip(s, msg) == msg
+
+        with outbound:
+            roundtrip(b"first")                  # full handshake; its ticket is kept shortly after
+            wait_until(lambda: (roundtrip(b"again"), resumed(out_admin, "outbound"))[1] >= 1, timeout=10,
+                       what="a resumed handshake")
+            assert resumed(in_admin, "inbound") >= 1
+            # new server material: new ticket keys, so the next connection cannot resume ...
+            new = pki.ca.issue(sa("default", "server"))
+            key.write_bytes(new.key_pem)
+            cert.write_bytes(new.chain_pem)
+            inbound.signal(signal.SIGHUP)
+            wait_until(lambda: inbound.output().count('"msg":"certificate applied"') >= 2, timeout=10,
+                       what="server cert reloaded")
+            before = resumed(in_admin, "inbound")
+            with socket.create_connection(("127.0.0.1", out_port), timeout=5) as s:
+                assert echo_roundtrip(s, b"after") == b"after"
+            assert resumed(in_admin, "inbound") == before
+            # ... and it still works, and resumption comes back with the new ticket
+            wait_until(lambda: (roundtrip(b"later"), resumed(in_admin, "inbound"))[1] > before, timeout=10,
+                       what="resumption with the new ticket")
+
+
+def test_no_session_resumption_flag(tmp_path, pki, echo):
+    inbound, in_admin, in_port = _inbound(tmp_path, pki, echo.address, "--allow-principal", pki.client_id,
+                                          "--no-session-resumption")
+    with inbound:
+        ctx = client_context(pki.ca_pem, pki.client_cert, pki.client_key)
+        with tls_connect(in_port, ctx) as s:
+            assert echo_roundtrip(s, b"x") == b"x"
+            session = s.session
+        assert session is None or not session.has_ticket
+        raw = socket.create_connection(("127.0.0.1", in_port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            assert echo_roundtrip(s, b"y") == b"y" and not s.session_reused
