@@ -103,25 +103,6 @@ class Ledger(Protocol):
         Lets the event loop commit a batch itself in the common, uncontended case (no thread hand-off,
         no GIL ping-pong) and fall back to `record` on a thread only when it would have to wait.
         """
-        if not records or not self._lock.acquire(blocking=False):
-            return not records
-        try:
-            self._db.execute("PRAGMA busy_timeout = 0")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
-                return False
-            finally:
-                self._db.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
-            try:
-                self._db.executemany(f"INSERT INTO issuance ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", _rows(records))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return True
-        finally:
-            self._lock.release()
 
     def get(self, serial: str) -> IssuanceRecord | None: ...
 
@@ -183,12 +164,16 @@ class SqliteLedger:
             # IMMEDIATE: take the write lock up front, so several `serve` workers sharing this file wait on
             # the busy timeout instead of failing a deferred transaction's lock upgrade
             self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(f"INSERT INTO issuance ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            self._insert_and_commit(rows)
+
+    def _insert_and_commit(self, rows: list[tuple]) -> None:
+        """Inside an open transaction: insert `rows` and commit, or roll back and re-raise."""
+        try:
+            self._db.executemany(f"INSERT INTO issuance ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def try_record(self, records: Sequence[IssuanceRecord]) -> bool:
         """`record` without waiting: False (nothing written) when another thread or process holds the lock.
@@ -206,12 +191,7 @@ class SqliteLedger:
                 return False
             finally:
                 self._db.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
-            try:
-                self._db.executemany(f"INSERT INTO issuance ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", _rows(records))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            self._insert_and_commit(_rows(records))
             return True
         finally:
             self._lock.release()
