@@ -1,8 +1,8 @@
 """Component configuration: YAML file → frozen dataclasses, with `SECMESH_*` env vars and flags on top.
 
 Precedence is defaults < file < environment < flags, as users of Envoy/istio-agent expect.
-Every error names the place it comes from (`file:line:col` and the dotted field, or the env
-var, or the flag), because a sidecar that refuses to start must say exactly why. Unknown keys
+Every error names the place it comes from (`file:line:col` and the dotted field for the file;
+`<environment or flags>` and the field for a bad env var or flag value), because a sidecar that refuses to start must say exactly why. Unknown keys
 are errors (with a did-you-mean), never silently ignored: a typo in a security setting must not
 fall back to a default.
 """
