@@ -3,6 +3,7 @@
     secmesh sidecar --config configs/sidecar.yaml [--workers N]
     secmesh sidecar inbound  --listen H:P --upstream H:P --ca CA --cert C --key K --allow-principal ID…
     secmesh sidecar outbound --listen H:P --upstream H:P --ca CA --cert C --key K --peer-id ID…
+    … [--protocol http [--upstream-protocol auto|http1|http2]]   (L7; inbound may use --policies FILE)
 
 Heavy imports (uvloop, grpc, the Envoy protos) happen inside the commands.
 """
@@ -57,7 +58,7 @@ def _start(config: Any) -> None:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, workers: int | None, log_level: str | None,
         admin_address: str | None, policies: str | None, root_namespace: str | None) -> None:
-    """The mTLS sidecar proxy (L4): inbound terminates mTLS, outbound originates it."""
+    """The mTLS sidecar proxy: inbound terminates mTLS, outbound originates it (L4 or, with protocol http, L7)."""
     if ctx.invoked_subcommand is not None:
         return
     if config_path is None:
@@ -94,17 +95,23 @@ def _common(fn: Any) -> Any:
         click.option("--handshake-timeout", default="10s", show_default=True),
         click.option("--max-connections", default=10000, show_default=True, type=int),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"),
+        click.option("--protocol", type=click.Choice(["tcp", "http"]), default="tcp", show_default=True,
+                     help="tcp: L4 splice; http: L7 (HTTP/1.1, HTTP/2, gRPC) with per-request authz."),
+        click.option("--upstream-protocol", type=click.Choice(["auto", "http1", "http2"]), default="auto",
+                     show_default=True, help="protocol http: what to speak upstream (auto: as the client does; "
+                     "gRPC always h2)."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
     return fn
 
 
-def _flag_config(kind: str, ids: tuple[str, ...], kw: dict[str, Any], **listener: Any) -> Any:
+def _flag_config(kind: str, ids: tuple[str, ...], kw: dict[str, Any], *, policies: str = "", **listener: Any) -> Any:
     from secmesh.configfile import Duration, parse_duration
     from secmesh.identity.spiffe import InvalidSpiffeId, SpiffeId
     from secmesh.sidecar.config import (AdminConfig, CertsConfig, FileSourceConfig, ListenerConfig,
                                         SidecarConfig, TlsConfig)
+    from secmesh.sidecar.l7_config import HttpConfig
 
     td = kw["trust_domain"]
     if td is None:
@@ -118,13 +125,16 @@ def _flag_config(kind: str, ids: tuple[str, ...], kw: dict[str, Any], **listener
     try:
         return SidecarConfig(
             trust_domain=td, workers=kw["workers"], log_level=kw["log_level"], access_log=kw["access_log"],
+            policies=policies,
             admin=AdminConfig(address=kw["admin_address"], enabled=bool(kw["admin_address"])),
             certs=CertsConfig(source="file", file=FileSourceConfig(cert=kw["cert"], key=kw["key"], bundle=kw["ca"])),
             tls=TlsConfig(min_version=kw["min_tls"], handshake_timeout=Duration(parse_duration(kw["handshake_timeout"])),
                           session_resumption=kw["session_resumption"]),
             listeners=[ListenerConfig(name=kind, kind=kind, address=kw["listen"], upstream=kw["upstream"],
                                       max_connections=kw["max_connections"],
-                                      idle_timeout=Duration(parse_duration(kw["idle_timeout"])), **listener)])
+                                      idle_timeout=Duration(parse_duration(kw["idle_timeout"])),
+                                      protocol=kw["protocol"],
+                                      http=HttpConfig(upstream_protocol=kw["upstream_protocol"]), **listener)])
     except ValueError as exc:
         _fail(ConfigError(str(exc), location="flags"))
 
@@ -135,15 +145,19 @@ def _flag_config(kind: str, ids: tuple[str, ...], kw: dict[str, Any], **listener
               "`**` = the rest (repeatable).")
 @click.option("--allow-all", is_flag=True, help="Admit any peer whose certificate verifies.")
 @click.option("--mtls-mode", type=click.Choice(["STRICT", "PERMISSIVE", "DISABLE"], case_sensitive=False),
-              default="STRICT", show_default=True, help="PeerAuthentication mode of the port.")
-def inbound(allow: tuple[str, ...], allow_all: bool, mtls_mode: str, **kw: Any) -> None:
+              default=None, help="PeerAuthentication mode of the port [STRICT] (not with --policies).")
+@click.option("--policies", "policy_path", default="", help="Istio policy YAML (file or directory) instead of an "
+              "allow list: AuthorizationPolicy, PeerAuthentication, RequestAuthentication.")
+def inbound(allow: tuple[str, ...], allow_all: bool, mtls_mode: str | None, policy_path: str, **kw: Any) -> None:
     """Terminate mTLS on --listen, authorize the peer, forward plaintext to --upstream."""
-    if not allow and not allow_all:
-        raise click.UsageError("give --allow-principal ID (repeatable) or --allow-all (fail closed otherwise)")
+    if not allow and not allow_all and not policy_path:
+        raise click.UsageError("give --allow-principal ID (repeatable), --allow-all or --policies FILE "
+                               "(fail closed otherwise)")
     from secmesh.sidecar.config import MtlsMode
 
-    _start(_flag_config("inbound", allow, kw, allow_principals=list(allow), allow_all=allow_all,
-                        mtls_mode=MtlsMode(mtls_mode.upper())))
+    mode = MtlsMode(mtls_mode.upper()) if mtls_mode else (None if policy_path else MtlsMode.STRICT)
+    _start(_flag_config("inbound", allow, kw, policies=policy_path, allow_principals=list(allow),
+                        allow_all=allow_all, mtls_mode=mode))
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""The admin port (loopback only): /ready, /live, /metrics, /config_dump, /certs, /policies.
+"""The admin port (loopback only): /ready, /live, /metrics, /config_dump, /certs, /policies, /clusters.
 
 A deliberately tiny HTTP/1.x responder on an asyncio Protocol: one request per connection,
 GET only, no keep-alive. It never shows a private key; /certs shows the SPIFFE ID, expiry and
@@ -41,6 +41,7 @@ class AdminState:
         self.store = store
         self.is_ready = is_ready
         self.policies = policies   # PolicySource or None
+        self.clusters: Callable[[], dict[str, Any]] | None = None   # L7 upstreams (set once they exist)
 
     def route(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
@@ -67,6 +68,9 @@ class AdminState:
             return 200, "application/json", json.dumps(doc, indent=2).encode() + b"\n"
         if path == "/policies":
             return 200, "application/json", json.dumps(self._policies(), indent=2).encode() + b"\n"
+        if path == "/clusters":   # L7 upstreams: endpoints, requests in flight, outlier ejections
+            doc = self.clusters() if self.clusters is not None else {}
+            return 200, "application/json", json.dumps(doc, indent=2).encode() + b"\n"
         return 404, "text/plain", b"not found\n"
 
     def _policies(self) -> dict[str, Any]:

@@ -10,6 +10,10 @@ Authorization per inbound listener: with `policies` configured, the Istio policy
 (`PolicyAuthorizer`) decides and PeerAuthentication in the same files sets each port's mTLS
 mode; without it, the listener's ghostunnel-style `allow_principals` list and static
 `mtls_mode` apply. The config refuses a listener that mixes the two.
+
+`protocol: http` listeners share one `l7_setup.L7Runtime` per worker (clusters and their pools,
+per-request authz, the request access log): their connections run the same L4 stages and then
+hand the transport to an `http_proxy.HttpSession`.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def authorizer_for(cfg: ListenerConfig, policies: PolicySource | None = None) ->
     if policies is not None:
         from secmesh.sidecar.authz_policy import PolicyAuthorizer
 
-        return PolicyAuthorizer(policies, listener=cfg.name, protocol=cfg.protocol, port=cfg.policy_port)
+        return PolicyAuthorizer(policies, listener=cfg.name, protocol=cfg.protocol, port=cfg.policy_port,
+                                l7_available=cfg.protocol == "http")
     return AllowList(cfg.allow_principals, allow_all=cfg.allow_all, name=f"{cfg.name}/allow_principals")
 
 
@@ -68,6 +73,8 @@ class Sidecar:
                                     session_resumption=config.tls.session_resumption)
         self.store = CertStore(self.holder)
         self.listeners: list[Listener] = []
+        self.l7: Any = None
+        self.admin_state: AdminState | None = None
         self.file_source: Any = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -98,6 +105,27 @@ class Sidecar:
         if self.policies is not None:
             self.policies.request_reload()
 
+    def _start_l7(self, loop: asyncio.AbstractEventLoop, td: TrustDomain | None) -> Any:
+        """The L7 runtime (clusters, pools, per-request authz) when a listener speaks `http`."""
+        cfg = self.config
+        http = [(lcfg, lcfg.http) for lcfg in cfg.listeners if lcfg.protocol == "http"]
+        if not http:
+            return None
+        from secmesh.sidecar.l7_setup import AuthnSource, L7Runtime
+        from secmesh.sidecar.policy_source import workload_of
+
+        authn = AuthnSource(self.policies, workload_of(cfg), cfg.root_namespace)
+        if self.policies is not None:
+            self.policies.subscribe(authn.on_reload)
+        self.l7 = L7Runtime(clusters=cfg.clusters, listeners=http, holder=self.holder, trust_domain=td, loop=loop,
+                            min_version=cfg.tls.min_version, ciphers_tls12=cfg.tls.ciphers_tls12,
+                            authenticator=authn, access_log=cfg.access_log)
+        if self.policies is not None:          # remote JWKS, fetched off the loop (a reload may add some)
+            self._tasks.append(self.l7.jwks_task())
+        if self.admin_state is not None:
+            self.admin_state.clusters = self.l7.manager.describe
+        return self.l7
+
     def _log_modes(self, snap: PolicySnapshot) -> None:
         """Say which PeerAuthentication sets each inbound port's mode (at start and after each reload)."""
         from secmesh.sidecar.authz_policy import policy_label
@@ -119,7 +147,8 @@ class Sidecar:
         cfg = self.config
         if self.worker == 0 and cfg.admin.enabled and cfg.admin.address:
             host, port = split_host_port(cfg.admin.address, what="admin.address")
-            admin = await start_admin(AdminState(cfg, self.store, self.is_ready, self.policies), host, port)
+            self.admin_state = AdminState(cfg, self.store, self.is_ready, self.policies)
+            admin = await start_admin(self.admin_state, host, port)
             log_event(log, logging.INFO, "admin listening", address=cfg.admin.address)
         self._start_source()
         if self.policies is not None:
@@ -135,11 +164,15 @@ class Sidecar:
                 from secmesh.sidecar.connlog import ConnectionLog
 
                 access = ConnectionLog(loop)
+            l7 = self._start_l7(loop, td)
             for lcfg in cfg.listeners:
                 ctx = ConnContext(cfg=lcfg, holder=self.holder, authorizer=authorizer_for(lcfg, self.policies),
                                   trust_domain=td, handshake_timeout=cfg.tls.handshake_timeout,
                                   high_water=cfg.buffer_high_water, low_water=cfg.buffer_low_water,
                                   access_log=access, loop=loop, mode_fn=mode_fn_for(lcfg, self.policies))
+                if l7 is not None and lcfg.protocol == "http":
+                    ctx.l7 = l7.env_for(lcfg, lcfg.http)
+                    ctx.server_ctx_fn = lambda: l7.contexts.server
                 listener = Listener(lcfg, ctx)
                 await listener.start()
                 self.listeners.append(listener)
@@ -152,6 +185,8 @@ class Sidecar:
         aborted = sum(await asyncio.gather(*(lst.drain(cfg.drain_timeout) for lst in self.listeners)))
         if access is not None:
             access.flush()
+        if self.l7 is not None:
+            self.l7.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

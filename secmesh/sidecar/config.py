@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from secmesh.configfile import Duration, load_config
 from secmesh.identity.spiffe import InvalidSpiffeId, SpiffeId, TrustDomain
+from secmesh.sidecar.l7_config import ClusterConfig, HttpConfig
 
 DEFAULT_SDS_SOCKET = "/var/run/secrets/workload-spiffe-uds/socket"
 
@@ -96,7 +97,7 @@ class ListenerConfig:
     address: str = ""                  # HOST:PORT to listen on
     upstream: str = ""                 # HOST:PORT to forward to
     mtls_mode: MtlsMode | None = None  # inbound, without `policies`: STRICT (the default), PERMISSIVE or DISABLE
-    protocol: str = "tcp"              # inbound: what the app speaks on this port, `tcp` or `http` (picks Istio's rules)
+    protocol: str = "tcp"              # `tcp` (L4 splice) or `http` (L7: HTTP/1.1, h2, gRPC; per-request authz)
     workload_port: int = 0             # inbound: the port policies name (portLevelMtls, to.ports); 0 = upstream's port
     allow_principals: list[str] = field(default_factory=list)  # inbound: SPIFFE ID patterns (`*` one segment, `**` the rest)
     allow_all: bool = False            # inbound: admit any verified peer when allow_principals is empty
@@ -105,6 +106,7 @@ class ListenerConfig:
     max_connections: int = 10000       # per worker; beyond it new connections are closed at once
     idle_timeout: Duration = Duration(3600.0)
     connect_timeout: Duration = Duration(5.0)
+    http: HttpConfig = field(default_factory=HttpConfig)   # protocol http: routes, limits, HTTP/2 settings
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -188,6 +190,7 @@ class SidecarConfig:
     certs: CertsConfig = field(default_factory=CertsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     listeners: list[ListenerConfig] = field(default_factory=list)
+    clusters: list[ClusterConfig] = field(default_factory=list)   # upstreams that `http` listeners' routes name
 
     def __post_init__(self) -> None:
         if self.trust_domain:
@@ -204,6 +207,18 @@ class SidecarConfig:
         if len(set(names)) != len(names):
             raise ValueError("listener names must be unique")
         object.__setattr__(self, "listeners", listeners)
+        clusters = list(self.clusters)
+        cnames = [c.name for c in clusters]
+        if len(set(cnames)) != len(cnames):
+            raise ValueError("cluster names must be unique")
+        object.__setattr__(self, "clusters", clusters)
+        for lst in listeners:
+            if lst.protocol != "http":
+                continue
+            for r in lst.http.routes:
+                if r.cluster not in cnames:
+                    raise ValueError(f"listener {lst.name}: route {r.name or r.cluster!r} names unknown cluster "
+                                     f"{r.cluster!r} (clusters: {', '.join(cnames) or 'none'})")
         if self.policies:
             for lst in listeners:
                 if lst.kind != "inbound":

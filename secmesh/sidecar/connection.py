@@ -52,6 +52,8 @@ class ConnContext:
     loop: asyncio.AbstractEventLoop
     conns: set[Any] = field(default_factory=set)
     mode_fn: Callable[[], MtlsMode] | None = None   # PeerAuthentication from policy files; None = static mode
+    l7: Any = None                                  # protocol http: the listener's `http_proxy.L7Env`
+    server_ctx_fn: Callable[[], Any] | None = None  # protocol http: the ALPN (h2, http/1.1) server context
 
     def __post_init__(self) -> None:
         self.name = self.cfg.name

@@ -65,6 +65,12 @@ class Listener:
         self.handshaking = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self.accepting = False
+        self._inbound: Any = InboundConnection
+        self._outbound: Any = OutboundConnection
+        if ctx.l7 is not None:                    # protocol http: same stages, then an HTTP session
+            from secmesh.sidecar.l7_conn import InboundHttp, OutboundHttp
+
+            self._inbound, self._outbound = InboundHttp, OutboundHttp
 
     @property
     def mode(self) -> MtlsMode:
@@ -90,12 +96,13 @@ class Listener:
             self.loop.add_reader(self.sock.fileno(), self._on_accept)
         else:
             ctx = self.ctx
+            inbound, outbound = self._inbound, self._outbound
             if self.cfg.kind == "outbound":
                 def factory() -> Any:
-                    return OutboundConnection(ctx)
+                    return outbound(ctx)
             else:
                 def factory() -> Any:
-                    return InboundConnection(ctx, tls=False)
+                    return inbound(ctx, tls=False)
             self.server = await self.loop.create_server(factory, sock=self.sock, backlog=BACKLOG)
         self.accepting = True
         self._schedule_sweep()
@@ -163,14 +170,15 @@ class Listener:
         ctx = self.ctx
         state = ctx.holder.state
         src = _peer(conn)
+        inbound = self._inbound
         try:
             if not tls:
-                await self.loop.connect_accepted_socket(lambda: InboundConnection(ctx, tls=False), conn)
+                await self.loop.connect_accepted_socket(lambda: inbound(ctx, tls=False), conn)
                 return
             assert state is not None, "listeners start only once a certificate is held"
+            server = ctx.server_ctx_fn() if ctx.server_ctx_fn is not None else state.server
             await self.loop.connect_accepted_socket(
-                lambda: InboundConnection(ctx, tls=True), conn, ssl=state.server,
-                ssl_handshake_timeout=ctx.handshake_timeout)
+                lambda: inbound(ctx, tls=True), conn, ssl=server, ssl_handshake_timeout=ctx.handshake_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             reason = classify_handshake_error(exc) if tls else "error"
             result = "refused_plaintext" if reason == "not_tls" else "handshake_failed"
@@ -229,6 +237,10 @@ class Listener:
     async def drain(self, timeout: float) -> int:
         """Wait for open connections to finish; abort what is left after `timeout`. Returns aborted count."""
         deadline = self.loop.time() + timeout
+        for c in list(self.ctx.conns):           # HTTP: GOAWAY / `Connection: close`; idle ones close now
+            drain = getattr(c, "drain", None)
+            if drain is not None:
+                drain()
         while self.ctx.conns and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         left = list(self.ctx.conns)

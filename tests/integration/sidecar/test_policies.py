@@ -146,8 +146,11 @@ def test_engine_decides_before_a_byte_is_read_and_peer_authentication_sets_modes
         assert _refused(ports["tcp"], identities["evil"])
         # ALLOW policies apply and none matches
         assert _refused(ports["tcp"], identities["other"])
-        # http port: the only matching rule needs the method → NEEDS_REQUEST → fail closed until L7 exists
-        assert _refused(ports["http"], identities["client"])
+        # http port: the only matching rule needs the method → NEEDS_REQUEST → admitted, decided per request
+        # by the L7 layer: a POST is answered 403 by the sidecar itself, nothing reaches the app
+        with tls_connect(ports["http"], identities["client"]) as s:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 403")
         # STRICT (mesh-wide PeerAuthentication): plaintext refused before authorization
         assert _plaintext(ports["tcp"], b"plain") in (b"", None)
         assert echo.connections == before
@@ -164,7 +167,9 @@ def test_engine_decides_before_a_byte_is_read_and_peer_authentication_sets_modes
         assert metric(text, name, listener="in-tcp", decision="deny", reason="deny_policy",
                       policy="ns[istio-system]-policy[deny-evil]-rule[0]") == 1
         assert metric(text, name, listener="in-tcp", decision="deny", reason="no_allow_match") == 1
-        assert metric(text, name, listener="in-http", decision="deny", reason="needs_request_no_l7") == 1
+        assert metric(text, name, listener="in-http", decision="allow", reason="needs_request") == 1
+        assert metric(text, "secmesh_sidecar_http_authz_decisions_total", listener="in-http", decision="deny",
+                      reason="no_allow_match") == 1
         assert metric(text, "secmesh_sidecar_connections_total", listener="in-tcp", result="refused_plaintext") >= 1
         status, body = admin_get(admin, "/policies")
         doc = json.loads(body)
@@ -177,7 +182,7 @@ def test_engine_decides_before_a_byte_is_read_and_peer_authentication_sets_modes
         deny = [ln for ln in lines if ln.get("policy_name") == "deny-evil"]
         assert deny and deny[0]["policy_namespace"] == "istio-system" and deny[0]["policy_rule"] == 0
         assert deny[0]["policy_source"].startswith(str(pdir / "authz.yaml") + ":")
-        assert any("L7 authorization is not available yet" in ln.get("reason", "") for ln in lines)
+        assert any(ln.get("msg") == "request refused" and ln.get("listener") == "in-http" for ln in lines)
 
         # reload on SIGHUP: a DENY for the client takes effect; a broken set and a CUSTOM set are refused
         (pdir / "deny.yaml").write_text(DENY_CLIENT)

@@ -1,0 +1,118 @@
+"""The JSON access log: one line per finished HTTP request.
+
+`request_record` is pure (it reads a finished exchange and returns a dict with stable keys).
+Lines have the shape `secmesh.log.JsonFormatter` gives every other log line (`ts`, `level`,
+`logger`, `msg`, then the fields), but they do not go through `logging`: building a
+LogRecord and a datetime per request cost a third of the proxy's throughput. `AccessLog`
+formats with the C JSON encoder, caches the timestamp's seconds part, and writes batches to
+the log stream at most every `interval` seconds (or at 64 KiB), from the event loop.
+Never logged: tokens, cookies, bodies; the path is cut at 2 KiB.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from json.encoder import encode_basestring_ascii as _q
+from typing import Any, Callable, TextIO
+
+_LOGGER = "secmesh.sidecar.access"
+# The line, key order as `request_record`; every string goes through the C JSON string encoder.
+_LINE = ('{"ts":"%s","level":"info","logger":"' + _LOGGER + '","msg":"request","listener":%s,"method":%s,'
+         '"authority":%s,"path":%s,"protocol":"%s","status":%d,"origin":"%s","duration_ms":%.3f,"bytes_in":%d,'
+         '"bytes_out":%d,"peer_id":%s,"client":%s,"request_principal":%s,"request_id":%s,"route":%s,'
+         '"cluster":%s,"upstream":%s,"attempts":%d,"decision":%s,"policy":%s,"authz_reason":%s,"reason":%s}\n')
+
+
+def _qn(v: str | None) -> str:
+    return "null" if v is None else _q(v)
+
+
+def _s(b: bytes) -> str:
+    return b.decode("latin-1")
+
+
+def request_record(ex: Any) -> dict[str, Any]:
+    s, req, v = ex.s, ex.req, ex.verdict
+    return {
+        "listener": ex.env.name, "method": _s(req.method), "authority": _s(req.authority),
+        "path": _s(req.path[:2048]), "protocol": s.protocol, "status": ex.status, "origin": ex.origin,
+        "duration_ms": round((time.monotonic() - ex.t0) * 1000, 3), "bytes_in": ex.bytes_in,
+        "bytes_out": ex.bytes_out, "peer_id": s.peer_id, "client": s.client_ip,
+        "request_principal": v.principal if v is not None else None,
+        "request_id": _s(ex.rid) or None,
+        "route": ex.route.name if ex.route is not None else None,
+        "cluster": ex.cluster.name if ex.cluster is not None else None,
+        "upstream": ex.tried[-1].address if ex.tried else None,
+        "attempts": ex.attempt + 1 if ex.tried else 0,
+        "decision": ("allow" if v.allowed else "deny") if v is not None else None,
+        "policy": (v.policy or None) if v is not None else None,
+        "authz_reason": v.code if v is not None else None,
+        "reason": ex.reason or None,
+    }
+
+
+class AccessLog:
+    """Batched JSON lines on `stream` (stderr by default, where `secmesh.log` writes)."""
+
+    def __init__(self, loop: Any, stream: TextIO | None = None, *, interval: float = 0.05,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.loop = loop
+        self.stream = stream
+        self.interval = interval
+        self.clock = clock
+        self.enabled = logging.getLogger(_LOGGER).isEnabledFor(logging.INFO)
+        self._buf: list[str] = []
+        self._size = 0
+        self._timer: Any = None
+        self._sec = -1
+        self._prefix = ""
+
+    def _ts(self) -> str:
+        now = self.clock()
+        sec = int(now)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{int((now - sec) * 1000):03d}+00:00"
+
+    def line(self, ex: Any) -> str:
+        """`request_record(ex)` as one JSON line, formatted directly (a third of `json.dumps`' cost)."""
+        s, req, v = ex.s, ex.req, ex.verdict
+        route, cluster = ex.route, ex.cluster
+        return _LINE % (
+            self._ts(), _q(ex.env.name), _q(_s(req.method)), _q(_s(req.authority)), _q(_s(req.path[:2048])),
+            s.protocol, ex.status, ex.origin, (time.monotonic() - ex.t0) * 1000, ex.bytes_in, ex.bytes_out,
+            _qn(s.peer_id), _qn(s.client_ip), _qn(v.principal if v is not None else None),
+            _qn(_s(ex.rid) or None), _qn(route.name if route is not None else None),
+            _qn(cluster.name if cluster is not None else None), _qn(ex.tried[-1].address if ex.tried else None),
+            ex.attempt + 1 if ex.tried else 0,
+            "null" if v is None else ('"allow"' if v.allowed else '"deny"'),
+            _qn((v.policy or None) if v is not None else None), _qn(v.code if v is not None else None),
+            _qn(ex.reason or None))
+
+    def emit(self, ex: Any) -> None:
+        if not self.enabled:
+            return
+        text = self.line(ex)
+        self._buf.append(text)
+        self._size += len(text)
+        if self._size >= 65536:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self.loop.call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buf:
+            return
+        data, self._buf, self._size = "".join(self._buf), [], 0
+        stream = self.stream or sys.stderr
+        try:
+            stream.write(data)
+            stream.flush()
+        except (OSError, ValueError):
+            pass

@@ -1,0 +1,350 @@
+"""Upstream connection pools: HTTP/1.1 keep-alive, one multiplexed HTTP/2 connection per endpoint.
+
+An `UpstreamConn` is the asyncio protocol of one upstream connection; it drives a client codec
+and hands each event to the exchange that owns the stream. `EndpointPool` keeps, per endpoint
+and protocol, idle HTTP/1.1 connections (LIFO, closed after `idle_timeout`) or the HTTP/2
+connections with room for another stream (a second one is opened only when the first reaches
+`max_streams_per_connection` or the peer's MAX_CONCURRENT_STREAMS). Concurrent callers that
+find no h2 connection wait for the one being dialled instead of each dialling their own.
+
+Outbound mTLS reuses the L4 rules: the workload certificate from the holder, the server's
+SPIFFE ID read from its URI SAN (`tls.peer_spiffe_id`) and required to be one of the cluster's
+`peer_ids`; ALPN offers exactly the protocol the pool will speak (`l7_tls.AlpnContexts`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Any
+
+from secmesh.errors import IdentityError
+from secmesh.identity.spiffe import TrustDomain
+from secmesh.sidecar import l7_metrics
+from secmesh.sidecar.codec.http1_client import H1ClientCodec
+from secmesh.sidecar.codec.http2 import H2ClientCodec, H2Settings
+from secmesh.sidecar.codec.stream import ConnectionError, ErrorCode, GoAway, Reason, StreamReset, StreamWritable
+from secmesh.sidecar.l7_flow import CodecSide, Flusher
+from secmesh.sidecar.l7_tls import AlpnContexts
+from secmesh.sidecar.tls import classify_handshake_error, peer_spiffe_id
+from secmesh.sidecar.upstream import ClusterState, Endpoint
+
+HTTP1, HTTP2 = "http1", "http2"
+_ALPN = {HTTP1: "http/1.1", HTTP2: "h2"}
+HIGH_WATER, LOW_WATER = 256 * 1024, 64 * 1024
+
+
+class UpstreamFailure(Exception):
+    """Connecting to an endpoint failed; `reason` is a closed label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def nodelay(transport: Any) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class UpstreamConn(asyncio.Protocol, CodecSide):
+    def __init__(self, pool: EndpointPool) -> None:
+        CodecSide.__init__(self, pool.flusher)
+        self.pool = pool
+        self.streams: dict[int, Any] = {}
+        self.idle_since = 0.0
+        self.peer_id: str | None = None
+        self._early: list[bytes] = []
+        self.started = False
+
+    # --- asyncio callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        nodelay(transport)
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)  # type: ignore[attr-defined]
+
+    def start(self, codec: Any) -> None:
+        self.codec = codec
+        self.started = True
+        self.multiplexed = codec.protocol == HTTP2
+        self.mark()
+        early, self._early = self._early, []
+        for data in early:
+            self._dispatch(codec.receive(data))
+
+    def data_received(self, data: bytes) -> None:
+        if self.codec is None:
+            self._early.append(data)
+            return
+        self._dispatch(self.codec.receive(data))
+        if self.multiplexed:              # h2 answers frames by itself; HTTP/1.1 receiving never writes
+            self.mark()
+        self.flusher.flush()
+
+    def eof_received(self) -> bool | None:
+        if self.codec is not None:
+            self._dispatch(self.codec.receive_eof())
+            self.flusher.flush()
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.pool.lost(self)
+        streams, self.streams = self.streams, {}
+        for sid, ex in streams.items():
+            ex.upstream_event(StreamReset(sid, ErrorCode.CONNECT_ERROR, True, "upstream_closed"))
+        self.flusher.flush()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for ex in list(self.streams.values()):
+            ex.upstream_writable()
+        self.flusher.flush()
+
+    def _dispatch(self, events: list) -> None:
+        streams = self.streams
+        for ev in events:
+            t = type(ev)
+            if t is ConnectionError:
+                l7_metrics.upstream(self.pool.cluster.name, "protocol_error").inc()
+                broken, self.streams = self.streams, {}
+                for sid, ex in broken.items():
+                    ex.upstream_event(StreamReset(sid, ErrorCode.PROTOCOL_ERROR, True, ev.reason))
+                streams = self.streams
+            elif t is GoAway:
+                self.pool.retire(self)
+            elif t is StreamWritable:
+                ex = streams.get(ev.stream_id)
+                if ex is not None:
+                    ex.upstream_writable()
+            else:
+                ex = streams.get(ev.stream_id)
+                if ex is not None:
+                    ex.upstream_event(ev)
+
+    # --- what an exchange uses ------------------------------------------------------------------
+
+    @property
+    def can_open(self) -> bool:
+        return not self.closed and self.codec.can_open_stream and (
+            not self.multiplexed or len(self.streams) < self.pool.max_streams)
+
+    def open(self, ex: Any, method: bytes, authority: bytes, path: bytes, scheme: bytes,
+             headers: list, end_stream: bool, upgrade: bytes = b"") -> int:
+        if upgrade:                               # HTTP/1.1 only: the codec writes Connection/Upgrade itself
+            sid = self.codec.send_request(method, authority, path, scheme, headers, end_stream, upgrade=upgrade)
+        else:
+            sid = self.codec.send_request(method, authority, path, scheme, headers, end_stream)
+        self.streams[sid] = ex
+        self.mark()
+        return sid
+
+    def done(self, sid: int, *, reset: bool = False) -> None:
+        """The exchange is finished with its stream; an h1 connection goes back to the pool."""
+        self.streams.pop(sid, None)
+        self.forget(sid)
+        if self.closed:
+            return
+        if reset:
+            self.codec.reset_stream(sid, ErrorCode.CANCEL)
+            self.mark()
+        if not self.multiplexed:
+            if self.codec.can_open_stream and not reset:
+                self.pool.release(self)
+            else:
+                self.closed = True
+                self.mark()
+                self.transport.close()  # type: ignore[union-attr]
+
+
+class EndpointPool:
+    """Connections to one endpoint, in one protocol."""
+
+    def __init__(self, manager: ClusterManager, cluster: ClusterState, endpoint: Endpoint, protocol: str) -> None:
+        self.manager = manager
+        self.flusher = manager.flusher
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.protocol = protocol
+        cfg = cluster.cfg
+        self.max_streams = cfg.max_streams_per_connection
+        self.max_idle = cfg.max_idle_per_endpoint
+        self.idle: list[UpstreamConn] = []
+        self.h2: list[UpstreamConn] = []
+        self._dialling: asyncio.Future[UpstreamConn] | None = None
+        self.m_active = l7_metrics.upstream_active(cluster.name)
+
+    def try_acquire(self) -> UpstreamConn | None:
+        if self.protocol == HTTP2:
+            for c in self.h2:
+                if c.can_open:
+                    return c
+            return None
+        idle = self.idle
+        while idle:
+            c = idle.pop()
+            if c.can_open:
+                return c
+        return None
+
+    async def acquire(self) -> UpstreamConn:
+        """A connection with room for one more request; h2 callers share one dial at a time."""
+        while True:
+            c = self.try_acquire()
+            if c is not None:
+                return c
+            if self.protocol != HTTP2:
+                return await self._connect()
+            if self._dialling is None:
+                self._dialling = asyncio.ensure_future(self._connect())
+                self._dialling.add_done_callback(self._dialled)
+            c = await asyncio.shield(self._dialling)
+            if c.can_open:
+                return c
+            # full already (the callers woken before us took its streams): look again, dial once more
+
+    def _dialled(self, fut: asyncio.Future[UpstreamConn]) -> None:
+        self._dialling = None
+        if not fut.cancelled():
+            fut.exception()             # retrieved: waiters got it; no "never retrieved" warning
+
+    async def _connect(self) -> UpstreamConn:
+        m = self.manager
+        cfg = self.cluster.cfg
+        ep = self.endpoint
+        kw: dict[str, Any] = {}
+        timeout = float(cfg.connect_timeout)
+        if cfg.tls:
+            kw = {"ssl": m.contexts.client(_ALPN[self.protocol]), "server_hostname": cfg.sni or None,
+                  "ssl_handshake_timeout": timeout}
+            timeout *= 2
+        try:
+            _, conn = await asyncio.wait_for(m.loop.create_connection(lambda: UpstreamConn(self), ep.host, ep.port,
+                                                                      **kw), timeout)
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise UpstreamFailure("tls_" + classify_handshake_error(exc), f"{ep.address}: TLS: {exc}") from None
+        except asyncio.TimeoutError:
+            raise UpstreamFailure("connect_timeout", f"{ep.address}: connect timed out") from None
+        except OSError as exc:
+            raise UpstreamFailure("connect_failed", f"{ep.address}: {exc.strerror or exc}") from None
+        if cfg.tls:
+            try:
+                conn.peer_id = str(peer_spiffe_id(conn.transport.get_extra_info("peercert"), m.trust_domain))
+            except IdentityError as exc:
+                conn.transport.abort()
+                raise UpstreamFailure("upstream_identity", f"{ep.address}: {exc.message}") from None
+            if conn.peer_id not in cfg.peer_ids:
+                conn.transport.abort()
+                raise UpstreamFailure("unexpected_peer_id", f"{ep.address} presented {conn.peer_id}, "
+                                      f"expected one of {sorted(cfg.peer_ids)}")
+        if self.protocol == HTTP2:
+            codec: Any = H2ClientCodec(m.h2_settings)
+            self.h2.append(conn)
+        else:
+            codec = H1ClientCodec()
+        conn.start(codec)
+        self.m_active.inc()
+        l7_metrics.upstream(self.cluster.name, "connect").inc()
+        self.flusher.flush()
+        return conn
+
+    def release(self, conn: UpstreamConn) -> None:
+        if len(self.idle) >= self.max_idle:
+            conn.closed = True
+            conn.transport.close()  # type: ignore[union-attr]
+            return
+        conn.idle_since = self.manager.loop.time()
+        self.idle.append(conn)
+
+    def retire(self, conn: UpstreamConn) -> None:
+        if conn in self.h2:
+            self.h2.remove(conn)
+
+    def lost(self, conn: UpstreamConn) -> None:
+        if not conn.started:
+            return
+        self.m_active.dec()
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self.retire(conn)
+
+    def sweep(self, now: float, idle_timeout: float) -> None:
+        for c in [c for c in self.idle if now - c.idle_since >= idle_timeout]:
+            self.idle.remove(c)
+            c.closed = True
+            c.transport.close()  # type: ignore[union-attr]
+        for c in [c for c in self.h2 if not c.streams]:
+            if not c.idle_since:
+                c.idle_since = now
+            elif now - c.idle_since >= idle_timeout:
+                self.h2.remove(c)
+                c.codec.close()
+                c.flush_now()
+                c.closed = True
+                c.transport.close()  # type: ignore[union-attr]
+        for c in self.h2:
+            if c.streams:
+                c.idle_since = 0.0
+
+
+class ClusterManager:
+    """Every cluster of one worker, with their pools; sweeps idle connections."""
+
+    def __init__(self, clusters: dict[str, ClusterState], *, loop: asyncio.AbstractEventLoop, flusher: Flusher,
+                 contexts: AlpnContexts | None, trust_domain: TrustDomain | None,
+                 h2_settings: H2Settings = H2Settings(initial_window_size=256 * 1024)) -> None:
+        self.clusters = clusters
+        self.loop = loop
+        self.flusher = flusher
+        self.contexts = contexts
+        self.trust_domain = trust_domain
+        self.h2_settings = h2_settings
+        self._pools: dict[tuple[str, str, str], EndpointPool] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def pool(self, cluster: ClusterState, endpoint: Endpoint, protocol: str) -> EndpointPool:
+        key = (cluster.name, endpoint.address, protocol)
+        p = self._pools.get(key)
+        if p is None:
+            p = self._pools[key] = EndpointPool(self, cluster, endpoint, protocol)
+            if self._sweeper is None:
+                self._schedule()
+        return p
+
+    def _schedule(self) -> None:
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for p in self._pools.values():
+            p.sweep(now, float(p.cluster.cfg.idle_timeout))
+        self._schedule()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for p in self._pools.values():
+            for c in p.idle + p.h2:
+                if c.transport is not None:
+                    c.transport.close()
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        now = self.loop.time()
+        for name, cs in self.clusters.items():
+            out[name] = {"endpoints": [{"address": e.address, "active": e.active, "ejected": e.ejected(now),
+                                        "times_ejected": e.times_ejected} for e in cs.endpoints],
+                         "requests_in_flight": cs.budget.requests, "retries_in_flight": cs.budget.retries}
+        return out
+
+
+__all__ = ["ClusterManager", "EndpointPool", "HTTP1", "HTTP2", "Reason", "UpstreamConn", "UpstreamFailure"]
