@@ -6,13 +6,16 @@ port), some ipBlock and JWT rules, a few DENY policies on path prefixes and AUDI
 writes, split between the workload's namespace and the root namespace. Requests draw
 from the same principals/paths so that matches, near misses and misses all occur.
 
-Phases measured (per decision, best of 3 runs):
+Phases measured (per decision, best of --repeat runs):
   L4 tcp       decide_connection on a TCP port (connection attributes only)
   L4 http      decide_connection on an HTTP port (partial evaluation, residual kept)
+  L4 cold      the same with the engine's per-bucket-combination memo disabled (what a peer
+               that never repeats its index hits costs: the worst case)
   L7 request   decide_request on a kept residual (the per-request cost on a live connection)
   L4+L7        both phases for a fresh connection with one request
+  conn+req     ConnAttrs built from strings (as the sidecar does per connection) + L4 + L7
 
-Run: .venv/bin/python bench/authz.py [--sizes 10,1000,10000] [--decisions 20000]
+Run: .venv/bin/python bench/authz.py [--sizes 10,1000,10000] [--decisions 20000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -113,7 +116,18 @@ def workload_mix(info: dict, n: int, seed: int = 11) -> list[tuple[ConnAttrs, Re
     return out
 
 
-def _time(fn, items, repeat: int = 3) -> float:
+class _NoMemo(dict):
+    """A memo that never remembers: every connection takes the cold path."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+REPEAT = 5
+
+
+def _time(fn, items, repeat: int | None = None) -> float:
+    repeat = repeat or REPEAT
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -151,23 +165,47 @@ def run(size: int, decisions: int) -> dict:
         for c, r in items:
             dr(dc(c, "http").residual, r)
 
+    raw = [((c.principal, _ip_text(c.source_ip), _ip_text(c.dest_ip), c.dest_port), r) for c, r in mix]
+
+    def with_attrs(items):
+        dc, dr = engine.decide_connection, engine.decide_request
+        for (p, sip, dip, port), r in items:
+            dr(dc(ConnAttrs(p, sip, None, dip, port, None), "http").residual, r)
+
+    def l4_cold(items):
+        saved = engine.http.memo
+        engine.http.memo = _NoMemo()
+        try:
+            l4_http(items)
+        finally:
+            engine.http.memo = saved
+
     allowed = sum(engine.decide_request(res, r).allowed for res, r in residuals)
     return {"rules": len(engine.http.rules), "compile_ms": compile_s * 1e3, "l4_tcp": _time(l4_tcp, conns),
-            "l4_http": _time(l4_http, conns), "l7": _time(l7, residuals), "both": _time(both, mix),
+            "l4_http": _time(l4_http, conns), "l4_cold": _time(l4_cold, conns) if hasattr(engine.http, "memo") else 0.0,
+            "l7": _time(l7, residuals), "both": _time(both, mix), "attrs": _time(with_attrs, raw),
             "allowed_pct": 100.0 * allowed / len(mix), "stats": engine.stats()}
+
+
+def _ip_text(key) -> str | None:
+    import ipaddress
+    return None if key is None else str(ipaddress.ip_address(key[1]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10,1000,10000")
     ap.add_argument("--decisions", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=5, help="runs per phase; the best is reported")
     args = ap.parse_args()
+    global REPEAT
+    REPEAT = args.repeat
     rows = [run(int(s), args.decisions) for s in args.sizes.split(",")]
-    print(f"{'rules':>7} {'compile ms':>11} {'L4 tcp µs':>10} {'L4 http µs':>11} {'L7 req µs':>10} "
-          f"{'L4+L7 µs':>9} {'allowed %':>9}")
+    print(f"{'rules':>7} {'compile ms':>11} {'L4 tcp µs':>10} {'L4 http µs':>11} {'L4 cold µs':>11} {'L7 req µs':>10} "
+          f"{'L4+L7 µs':>9} {'conn+req µs':>12} {'allowed %':>9}")
     for r in rows:
-        print(f"{r['rules']:>7} {r['compile_ms']:>11.1f} {r['l4_tcp']:>10.2f} {r['l4_http']:>11.2f} {r['l7']:>10.2f} "
-              f"{r['both']:>9.2f} {r['allowed_pct']:>9.1f}")
+        print(f"{r['rules']:>7} {r['compile_ms']:>11.1f} {r['l4_tcp']:>10.2f} {r['l4_http']:>11.2f} {r['l4_cold']:>11.2f} "
+              f"{r['l7']:>10.2f} {r['both']:>9.2f} {r['attrs']:>12.2f} {r['allowed_pct']:>9.1f}")
     last = rows[-1]
     print(f"\nindexes at {last['rules']} rules: {last['stats']}")
     goal_ok = last["compile_ms"] < 1000 and max(last["l4_tcp"], last["l4_http"], last["l7"]) <= 5.0

@@ -47,6 +47,20 @@ def service_account_candidates(principal: str) -> tuple[tuple[str, str], ...]:
     return tuple((segs[i + 1], segs[j + 1]) for i in ns_at for j in sa_at if j >= i + 2)
 
 
+_DERIVED: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...], str | None]] = {}
+_DERIVED_MAX = 4096
+
+
+def _derive(p: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], str | None]:
+    """What the indexes read from a principal; memoized because peers reconnect with the same one."""
+    out = (namespace_candidates(p), service_account_candidates(p),
+           p[len(SPIFFE):].split("/", 1)[0] if p.startswith(SPIFFE) else None)
+    if len(_DERIVED) >= _DERIVED_MAX:
+        _DERIVED.clear()
+    _DERIVED[p] = out
+    return out
+
+
 class ConnAttrs:
     """Connection attributes. `principal` is the peer's full SPIFFE URI, None for plaintext."""
 
@@ -63,9 +77,13 @@ class ConnAttrs:
         self.dest_port = dest_port
         self.sni = sni or None
         p = self.principal
-        self.ns_candidates = namespace_candidates(p) if p else ()
-        self.sa_candidates = service_account_candidates(p) if p else ()
-        self.trust_domain = p[len(SPIFFE):].split("/", 1)[0] if p and p.startswith(SPIFFE) else None
+        if p:
+            derived = _DERIVED.get(p)
+            if derived is None:
+                derived = _derive(p)
+            self.ns_candidates, self.sa_candidates, self.trust_domain = derived
+        else:
+            self.ns_candidates, self.sa_candidates, self.trust_domain = (), (), None
 
     def without_principal(self) -> ConnAttrs:
         """The same connection seen as plaintext (mTLS DISABLE: no client certificate is asked for)."""
@@ -111,13 +129,19 @@ class RequestAttrs:
         return f"RequestAttrs(method={self.method!r}, host={self.host!r}, path={self.path!r})"
 
 
-def _split_claims(claims: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+def split_space_delimited(claims: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """Envoy's `normalize_payload_in_metadata`: each named top-level *string* claim becomes the
+    list of its space-separated parts (split on ' ' only, empty parts dropped); other claims,
+    and claims that are already lists, are left as they are."""
     out = dict(claims)
     for name in names:
         v = out.get(name)
         if isinstance(v, str):
-            out[name] = v.split()
+            out[name] = [part for part in v.split(" ") if part]
     return out
+
+
+_split_claims = split_space_delimited
 
 
 def claim_at(claims: Mapping[str, Any] | None, path: tuple[str, ...]) -> Any:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from secmesh.policy import matchers as m
+from secmesh.policy.codegen import evaluators
 from secmesh.policy.decision import RuleRef
 from secmesh.policy.index import EXACT_KINDS, L4_KINDS, L7_KINDS, WEIGHT, Index
 from secmesh.policy.model import Action, AuthorizationPolicy, PolicySet, Rule, Workload, applies_to
@@ -49,55 +50,13 @@ def _split(preds: tuple[m.Pred, ...]) -> tuple[tuple[Callable[[Any], bool], ...]
 
 
 def _evaluators(rule: CompiledRule) -> None:
-    """Build the two closures the engine calls: full(c, q) and l4(c) → FALSE/TRUE/RESIDUAL."""
+    """Attach the two evaluators the engine calls: full(c, q) and l4(c) → FALSE/TRUE/RESIDUAL (generated
+    straight-line code per rule shape, see `codegen.py`)."""
     w4, w7 = _split(rule.whens)
     clauses = tuple(tuple(_split(conj) for conj in clause) for clause in (rule.froms, rule.tos) if clause is not None)
     has_l7 = bool(w7) or any(f7 for clause in clauses for _, f7 in clause)
 
-    def full(c: Any, q: Any) -> bool:
-        for fn in w4:
-            if not fn(c):
-                return False
-        for fn in w7:
-            if not fn(q):
-                return False
-        for clause in clauses:
-            for f4, f7 in clause:
-                for fn in f4:
-                    if not fn(c):
-                        break
-                else:
-                    for fn in f7:
-                        if not fn(q):
-                            break
-                    else:
-                        break  # this conjunction matched: the clause holds
-            else:
-                return False
-        return True
-
-    def l4(c: Any) -> int:
-        for fn in w4:
-            if not fn(c):
-                return FALSE
-        res = RESIDUAL if w7 else TRUE
-        for clause in clauses:
-            got = FALSE
-            for f4, f7 in clause:
-                for fn in f4:
-                    if not fn(c):
-                        break
-                else:
-                    if not f7:
-                        got = TRUE
-                        break
-                    got = RESIDUAL
-            if got == FALSE:
-                return FALSE
-            if got == RESIDUAL:
-                res = RESIDUAL
-        return res
-
+    full, l4 = evaluators(w4, w7, clauses)  # straight-line code per rule shape
     rule.full, rule.l4 = full, l4
     rule.has_l7 = has_l7
     rule.has_l4 = bool(w4) or any(f4 for clause in clauses for f4, _ in clause)
@@ -227,6 +186,10 @@ class RuleSet:
     has_allow: bool
     has_shadow: dict[str, bool]
     skipped: list[RuleRef] = field(default_factory=list)  # ALLOW rules skipped on TCP
+    # Engine memos (bounded, rebuilt on demand): L4 index hits → connection state, and
+    # (connection state, L7 index hits) → the rules left to evaluate for a request.
+    memo: dict[Any, Any] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()   # group of each rule id (ids of one group are contiguous)
 
 
 def _ruleset(compiled: list[CompiledRule], aps: list[AuthorizationPolicy], skipped: list[RuleRef]) -> RuleSet:
@@ -271,7 +234,7 @@ def _ruleset(compiled: list[CompiledRule], aps: list[AuthorizationPolicy], skipp
             dry["shadow_" + ap.action.value.lower()] = True
     return RuleSet(compiled, l4.freeze(compiled), frozenset(l4_scan), l7.freeze(compiled), tuple(l7_scan),
                    frozenset(pure), always_min, pure_min, any(ap.action is Action.ALLOW and not ap.dry_run for ap in aps),
-                   dry, skipped)
+                   dry, skipped, groups=tuple(r.group for r in compiled))
 
 
 def compile_rules(aps: list[AuthorizationPolicy]) -> tuple[RuleSet, RuleSet]:

@@ -12,6 +12,16 @@ like Envoy's shadow engines: reported, never enforced.
 PeerAuthentication is applied first: STRICT for the destination port plus a plaintext
 peer is refused; DISABLE means no client certificate is requested, so the connection is
 evaluated as plaintext.
+
+Speed. Everything the index hits imply is a pure function of *which buckets* were hit, so
+the merged L4 state (`_State`: first matching rule per group, pending rules, outcome,
+decision, and which rules a request can still change) is memoized per bucket combination,
+and the rules left to evaluate for a request per (state, L7 buckets). Only predicates the
+index cannot decide are evaluated per connection (their TRUE/RESIDUAL pattern is memoized
+too), and only candidate rules' `full()` per request. Memos are bounded and simply cleared
+when full, so a peer that varies its attributes gets the cold path, never unbounded memory.
+Once a DENY rule matched, ALLOW rules are not evaluated (they cannot change the decision);
+AUDIT and dry-run groups still are, since the decision reports them.
 """
 
 from __future__ import annotations
@@ -25,29 +35,51 @@ from secmesh.policy.decision import ConnectionDecision, Decision, Outcome, Reaso
 from secmesh.policy.model import ROOT_NAMESPACE_DEFAULT, MtlsMode, PolicySet, Workload
 from secmesh.policy.peerauth import PeerAuthResolver
 
+L4_MEMO_MAX = 4096      # connection states per rule set
+DERIVED_MAX = 64        # evaluated-predicate patterns per state
+DECISIONS_MAX = 65536   # distinct Decision objects kept for sharing
+_INF = 1 << 62
+
+
+class _State:
+    """What a combination of L4 index hits (plus evaluated predicates) implies. Immutable once built,
+    except for the L7 split (`closed`/`reachable`/`always`), filled in once by the first request."""
+
+    __slots__ = ("first", "res_l7", "res_any", "pmin", "evaluate", "derived", "outcome", "decision", "closed",
+                 "reachable", "always")
+
+    def __init__(self, first: dict[str, int], res_l7: list[int], res_any: list[int], pmin: dict[str, int],
+                 evaluate: tuple[int, ...] = ()) -> None:
+        self.first = first
+        self.res_l7 = res_l7              # RESIDUAL rules the L7 index can find again
+        self.res_any = res_any            # RESIDUAL rules without an L7 anchor
+        self.pmin = pmin
+        self.evaluate = evaluate          # rules whose L4 part must be evaluated per connection
+        self.derived: dict[tuple[int, ...], _State] = {}
+        self.outcome: Outcome | None = None
+        self.decision: Decision | None = None
+        self.closed: bool | None = None   # None until the first request: no request attribute can change it
+        self.reachable: frozenset[int] = frozenset()  # live res_l7
+        self.always: tuple[int, ...] = ()             # live res_any
+
+
 class Residual:
     """What a connection left undecided. Opaque to callers; pass it back to `decide_request`."""
 
-    __slots__ = ("ruleset", "conn", "first", "pending", "final", "_split")
+    __slots__ = ("ruleset", "conn", "state", "final")
 
-    def __init__(self, ruleset: RuleSet | None, conn: ConnAttrs, first: dict[str, int], pending: list[int],
+    def __init__(self, ruleset: RuleSet | None, conn: ConnAttrs, state: _State | None,
                  final: Decision | None = None) -> None:
         self.ruleset = ruleset
         self.conn = conn
-        self.first = first
-        self.pending = pending
+        self.state = state
         self.final = final
-        self._split: tuple[frozenset[int], tuple[int, ...]] | None = None
 
-    def split(self) -> tuple[frozenset[int], tuple[int, ...]]:
-        """(pending rules reachable through the L7 index, pending rules that must always be checked)."""
-        if self._split is None:
-            rules = self.ruleset.rules  # type: ignore[union-attr]
-            first = self.first
-            live = {i for i in self.pending if first.get(rules[i].group, i + 1) > i}  # later ones cannot win
-            self._split = (frozenset(i for i in live if rules[i].l7_anchored),
-                           tuple(i for i in live if not rules[i].l7_anchored))
-        return self._split
+    @property
+    def pending(self) -> list[int]:
+        """Rules whose connection part held but whose request part is still open."""
+        st = self.state
+        return sorted(set(st.res_l7) | set(st.res_any)) if st is not None else []
 
 
 class Engine:
@@ -67,53 +99,112 @@ class Engine:
             if gc_was_enabled:
                 gc.enable()
         self.peer = PeerAuthResolver(policies, workload, root_namespace)
-        self._decisions: dict[tuple[int, ...], Decision] = {}
+        self._pa_ports = dict(self.peer._ports)
+        self._pa_default = (self.peer.default_mode, self.peer.default_ref)
+        self._decisions: dict[tuple[Any, ...], Decision] = {}
 
     # --- connection ------------------------------------------------------------------------
 
     def decide_connection(self, conn: ConnAttrs, protocol: str = "http") -> ConnectionDecision:
-        mode, pa_ref = self.peer.resolve(conn.dest_port)
+        hit = self._pa_ports.get(conn.dest_port) if self._pa_ports else None
+        mode, pa_ref = hit if hit is not None else self._pa_default
         if mode is MtlsMode.STRICT and conn.principal is None:
             d = Decision(False, Reason.MTLS_STRICT, pa_ref)
-            return ConnectionDecision(Outcome.DENY, d, Residual(None, conn, {}, [], d))
+            return ConnectionDecision(Outcome.DENY, d, Residual(None, conn, None, d))
         if mode is MtlsMode.DISABLE and conn.principal is not None:
             conn = conn.without_principal()
         rs = self.tcp if protocol == "tcp" else self.http
+        key = tuple(rs.l4_index.collect(conn, []))
+        st = rs.memo.get(key)
+        if st is None:
+            st = self._merge(rs, key)
+            if len(rs.memo) >= L4_MEMO_MAX:
+                rs.memo.clear()
+            rs.memo[key] = st
+        if st.evaluate:
+            st = self._evaluated(rs, st, conn)
+        return ConnectionDecision(st.outcome, st.decision, Residual(rs, conn, st))  # type: ignore[arg-type]
+
+    def _merge(self, rs: RuleSet, buckets: tuple[Any, ...]) -> _State:
+        """Fold the hit buckets into one state (the cold path; memoized by the caller)."""
         first = rs.always_min.copy()
-        pending: list[int] = []
+        res_l7: list[int] = []
+        res_any: list[int] = []
         pmin: dict[str, int] = {}
-        evaluate = list(rs.l4_scan)
-        for b in rs.l4_index.buckets(conn):
+        evaluate: list[int] = []
+        for b in buckets:
             for g, i in b.true_min:
-                f = first.get(g)
-                if f is None or i < f:
+                if i < first.get(g, _INF):
                     first[g] = i
             if b.res:
-                pending.extend(b.res)
+                res_l7 += b.res_l7
+                res_any += b.res_any
                 for g, i in b.res_min:
-                    f = pmin.get(g)
-                    if f is None or i < f:
+                    if i < pmin.get(g, _INF):
                         pmin[g] = i
             if b.evaluate:
-                evaluate.extend(b.evaluate)
-        if evaluate:
-            rules = rs.rules
-            for rid in evaluate:
-                r = rules[rid]
-                g = r.group
-                f = first.get(g)
-                if f is not None and f < rid:
-                    continue  # an earlier rule of this group already matched: it is the effective policy
-                res = r.l4(conn)
-                if res == TRUE:
-                    first[g] = rid
-                elif res == RESIDUAL:
-                    pending.append(rid)
-                    f = pmin.get(g)
-                    if f is None or rid < f:
-                        pmin[g] = rid
-        residual = Residual(rs, conn, first, pending)
-        return ConnectionDecision(self._outcome(rs, first, pmin), self._decision(rs, first), residual)
+                evaluate += b.evaluate
+        st = _State(first, res_l7, res_any, pmin)
+        if evaluate or rs.l4_scan:
+            st.evaluate = tuple(sorted(set(evaluate).union(rs.l4_scan)))
+            return st
+        st.outcome = self._outcome(rs, first, pmin)
+        st.decision = self._decision(rs, first)
+        return st
+
+    def _evaluated(self, rs: RuleSet, base: _State, conn: ConnAttrs) -> _State:
+        """Evaluate the L4 predicates the index could not decide; memoize by the result pattern."""
+        rules = rs.rules
+        first = base.first
+        seen: list[int] = []          # rid for TRUE, ~rid for RESIDUAL
+        for rid in base.evaluate:     # ascending: once a group has a TRUE rule, later ones are moot
+            r = rules[rid]
+            if first.get(r.group, _INF) < rid:
+                continue
+            res = r.l4(conn)
+            if res == TRUE:
+                if first is base.first:
+                    first = dict(first)
+                first[r.group] = rid
+                seen.append(rid)
+            elif res == RESIDUAL:
+                seen.append(~rid)
+        pattern = tuple(seen)
+        st = base.derived.get(pattern)
+        if st is not None:
+            return st
+        res_l7, res_any = list(base.res_l7), list(base.res_any)
+        pmin = dict(base.pmin)
+        for x in pattern:
+            if x < 0:
+                rid = ~x
+                (res_l7 if rules[rid].l7_anchored else res_any).append(rid)
+                g = rules[rid].group
+                if rid < pmin.get(g, _INF):
+                    pmin[g] = rid
+        st = _State(first, res_l7, res_any, pmin)
+        st.outcome = self._outcome(rs, first, pmin)
+        st.decision = self._decision(rs, first)
+        if len(base.derived) < DERIVED_MAX:
+            base.derived[pattern] = st
+        return st
+
+    @staticmethod
+    def _split(rs: RuleSet, st: _State) -> None:
+        """Which pending rules a request can still make win (an earlier TRUE rule of the same group,
+        or a TRUE DENY rule for ALLOW rules, makes the rest moot)."""
+        first = st.first
+        if not first:
+            st.reachable, st.always = frozenset(st.res_l7), tuple(set(st.res_any))
+            st.closed = not st.res_l7 and not st.res_any and not rs.pure_l7_min
+            return
+        groups = rs.groups
+        deny = "deny" in first
+        get = first.get
+        st.reachable = frozenset(i for i in st.res_l7 if i < get(groups[i], _INF) and not (deny and groups[i] == "allow"))
+        st.always = tuple({i for i in st.res_any if i < get(groups[i], _INF) and not (deny and groups[i] == "allow")})
+        st.closed = not st.reachable and not st.always and not any(
+            lo < get(g, _INF) and not (deny and g == "allow") for g, lo in rs.pure_l7_min.items())
 
     @staticmethod
     def _undecided(rs: RuleSet, group: str, first: dict[str, int], pmin: dict[str, int]) -> bool:
@@ -139,36 +230,56 @@ class Engine:
         """Finish a connection's residual with one request's attributes."""
         if residual.final is not None:
             return residual.final
+        st = residual.state
         rs = residual.ruleset
-        assert rs is not None
-        first = residual.first
+        assert st is not None and st.decision is not None and rs is not None
+        if st.closed is None:
+            self._split(rs, st)
+        if st.closed:
+            return st.decision
         rules = rs.rules
-        cands: list[int] = []
-        if residual.pending:
-            reachable, always = residual.split()
-            cands.extend(always)
-        else:
-            reachable = frozenset()
-        if rs.l7_index.tables and (reachable or rs.pure_l7):
-            pure = rs.pure_l7
-            for b in rs.l7_index.buckets(req):
-                for rid in b.ids:
-                    if rid in pure or rid in reachable:
-                        cands.append(rid)
-        if rs.l7_scan:
-            cands.extend(rs.l7_scan)
-        if not cands:
-            return self._decision(rs, first)
-        first = first.copy()
         conn = residual.conn
-        for rid in sorted(set(cands)):
-            r = rules[rid]
-            f = first.get(r.group)
-            if f is not None and f < rid:
-                continue
-            if r.full(conn, req):
-                first[r.group] = rid
-        return self._decision(rs, first)
+        first = st.first
+        copied = False
+        reachable = st.reachable
+        # Candidates in any order: a rule is skipped when its group already has an earlier
+        # match (or DENY matched and it is an ALLOW rule), and a match always lowers `first`.
+        for b in rs.l7_index.collect(req, []):
+            for rid in b.pure:
+                r = rules[rid]
+                g = r.group
+                if first.get(g, _INF) < rid or (g == "allow" and "deny" in first):
+                    continue
+                if r.full(conn, req):
+                    if not copied:
+                        first = dict(first)
+                        copied = True
+                    first[g] = rid
+            if reachable:
+                for rid in b.mixed:
+                    if rid not in reachable:
+                        continue
+                    r = rules[rid]
+                    g = r.group
+                    if first.get(g, _INF) < rid or (g == "allow" and "deny" in first):
+                        continue
+                    if r.full(conn, req):
+                        if not copied:
+                            first = dict(first)
+                            copied = True
+                        first[g] = rid
+        for ids in (st.always, rs.l7_scan):
+            for rid in ids:
+                r = rules[rid]
+                g = r.group
+                if first.get(g, _INF) < rid or (g == "allow" and "deny" in first):
+                    continue
+                if r.full(conn, req):
+                    if not copied:
+                        first = dict(first)
+                        copied = True
+                    first[g] = rid
+        return self._decision(rs, first) if copied else st.decision
 
     def decide(self, conn: ConnAttrs, req: RequestAttrs | None = None, protocol: str = "http") -> Decision:
         """Both phases at once (the CLI and tests): the decision Istio would make for this request."""
@@ -184,10 +295,15 @@ class Engine:
 
     def _decision(self, rs: RuleSet, first: dict[str, int]) -> Decision:
         get = first.get
-        key = (rs is self.tcp, get("deny"), get("allow"), get("audit"), get("shadow_deny"), get("shadow_allow"))
+        deny = get("deny")
+        key = (rs is self.tcp, deny, None if deny is not None else get("allow"), get("audit"), get("shadow_deny"),
+               get("shadow_allow"))
         d = self._decisions.get(key)
         if d is None:
-            d = self._decisions[key] = self._build(rs, first)
+            d = self._build(rs, first)
+            if len(self._decisions) >= DECISIONS_MAX:
+                self._decisions.clear()
+            self._decisions[key] = d
         return d
 
     @staticmethod

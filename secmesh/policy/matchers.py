@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -69,7 +70,7 @@ class StrSet:
         if nonempty:
             return lambda s: bool(s)
         if not pre and not suf and not regexes:
-            return lambda s: s in exact
+            return exact.__contains__  # C-level: one less Python frame per evaluation
         def match(s: str | None) -> bool:
             if s is None:
                 return False
@@ -277,11 +278,16 @@ def header_name(key: str) -> str:
 # --- IPs and ports -------------------------------------------------------------------------
 
 IpKey = tuple[int, int]  # (version, integer)
+_inet_pton, _AF_INET, _from_bytes = socket.inet_pton, socket.AF_INET, int.from_bytes
 
 
 def ip_key(text: str) -> IpKey:
-    a = ipaddress.ip_address(text)
-    return a.version, int(a)
+    """`(version, int)`; dotted-quad IPv4 through `inet_pton` (strict, ~10× faster than ipaddress)."""
+    try:
+        return 4, _from_bytes(_inet_pton(_AF_INET, text), "big")
+    except (OSError, ValueError, TypeError):
+        a = ipaddress.ip_address(text)  # IPv6, or the error ipaddress gives for a bad address
+        return a.version, int(a)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,4 +321,4 @@ def cidr_matcher(values: tuple[str, ...], anchor: str) -> tuple[Callable[[IpKey 
 
 def port_matcher(values: tuple[str, ...]) -> tuple[Callable[[int | None], bool], Any]:
     ports = frozenset(int(v) for v in values)
-    return (lambda p: p in ports), tuple(("port", p) for p in sorted(ports))
+    return ports.__contains__, tuple(("port", p) for p in sorted(ports))

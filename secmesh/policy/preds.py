@@ -7,6 +7,7 @@ compiled predicate (the cache is per compilation).
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Callable
 
 from secmesh.errors import PolicyError
@@ -64,22 +65,26 @@ def use_cache(cache: PredCache | None) -> None:
     _CACHE = cache
 
 
-_principal = lambda c: c.principal  # noqa: E731
-_claims = lambda q: q.claims  # noqa: E731
+# Attribute getters are C-level (operator.attrgetter): a predicate is one Python frame.
+_principal = attrgetter("principal")
+_claims = attrgetter("claims")
+_source_ip, _remote_ip, _dest_ip = attrgetter("source_ip"), attrgetter("remote_ip"), attrgetter("dest_ip")
+_dest_port, _sni, _td = attrgetter("dest_port"), attrgetter("sni"), attrgetter("trust_domain")
+_host, _method, _path = attrgetter("host"), attrgetter("method"), attrgetter("path")
 
 
 def source_preds(s: Source, policy_ns: str) -> tuple[m.Pred, ...]:
     preds: list[m.Pred] = []
-    preds += _field_preds("source.ip", lambda c: c.source_ip, lambda v: m.cidr_matcher(v, "src_ip"),
+    preds += _field_preds("source.ip", _source_ip, lambda v: m.cidr_matcher(v, "src_ip"),
                           s.ip_blocks, s.not_ip_blocks, "ipBlocks")
-    preds += _field_preds("remote.ip", lambda c: c.remote_ip, lambda v: m.cidr_matcher(v, "remote_ip"),
+    preds += _field_preds("remote.ip", _remote_ip, lambda v: m.cidr_matcher(v, "remote_ip"),
                           s.remote_ip_blocks, s.not_remote_ip_blocks, "remoteIpBlocks")
     preds += _field_preds("source.namespace", _principal, m.namespace_matcher, s.namespaces, s.not_namespaces,
                           "namespaces")
     preds += _field_preds("source.serviceAccount", _principal,
                           lambda v: m.service_account_matcher(v, policy_ns), s.service_accounts,
                           s.not_service_accounts, "serviceAccounts", policy_ns)
-    preds += _field_preds("source.trustDomain", lambda c: c.trust_domain, m.trust_domain_matcher, s.trust_domains,
+    preds += _field_preds("source.trustDomain", _td, m.trust_domain_matcher, s.trust_domains,
                           s.not_trust_domains, "trustDomains")
     preds += _field_preds("request.principal", _claims, m.request_principal_matcher, s.request_principals,
                           s.not_request_principals, "requestPrincipals")
@@ -90,14 +95,14 @@ def source_preds(s: Source, policy_ns: str) -> tuple[m.Pred, ...]:
 
 def operation_preds(o: Operation) -> tuple[m.Pred, ...]:
     preds: list[m.Pred] = []
-    preds += _field_preds("request.host", lambda q: q.host,
+    preds += _field_preds("request.host", _host,
                           lambda v: m.string_matcher(v, mode="header", anchor="host", lower=True),
                           o.hosts, o.not_hosts, "hosts")
-    preds += _field_preds("request.method", lambda q: q.method,
+    preds += _field_preds("request.method", _method,
                           lambda v: m.string_matcher(v, mode="header", anchor="method"), o.methods, o.not_methods,
                           "methods")
-    preds += _field_preds("request.path", lambda q: q.path, path_matcher, o.paths, o.not_paths, "paths")
-    preds += _field_preds("destination.port", lambda c: c.dest_port, m.port_matcher, o.ports, o.not_ports, "ports")
+    preds += _field_preds("request.path", _path, path_matcher, o.paths, o.not_paths, "paths")
+    preds += _field_preds("destination.port", _dest_port, m.port_matcher, o.ports, o.not_ports, "ports")
     return tuple(preds)
 
 
@@ -116,15 +121,15 @@ def _header_matcher(name: str) -> Callable[[tuple[str, ...]], Any]:
 def condition_preds(c: Condition, policy_ns: str) -> list[m.Pred]:
     k, v, nv = c.key, c.values, c.not_values
     if k == "source.ip":
-        return _field_preds(k, lambda a: a.source_ip, lambda x: m.cidr_matcher(x, "src_ip"), v, nv, k)
+        return _field_preds(k, _source_ip, lambda x: m.cidr_matcher(x, "src_ip"), v, nv, k)
     if k == "remote.ip":
-        return _field_preds(k, lambda a: a.remote_ip, lambda x: m.cidr_matcher(x, "remote_ip"), v, nv, k)
+        return _field_preds(k, _remote_ip, lambda x: m.cidr_matcher(x, "remote_ip"), v, nv, k)
     if k == "destination.ip":
-        return _field_preds(k, lambda a: a.dest_ip, lambda x: m.cidr_matcher(x, "dest_ip"), v, nv, k)
+        return _field_preds(k, _dest_ip, lambda x: m.cidr_matcher(x, "dest_ip"), v, nv, k)
     if k == "destination.port":
-        return _field_preds(k, lambda a: a.dest_port, m.port_matcher, v, nv, k)
+        return _field_preds(k, _dest_port, m.port_matcher, v, nv, k)
     if k == "connection.sni":
-        return _field_preds(k, lambda a: a.sni, lambda x: m.string_matcher(x, anchor="sni"), v, nv, k)
+        return _field_preds(k, _sni, lambda x: m.string_matcher(x, anchor="sni"), v, nv, k)
     if k == "source.namespace":
         return _field_preds(k, _principal, m.namespace_matcher, v, nv, k)
     if k == "source.serviceAccount":
@@ -132,7 +137,7 @@ def condition_preds(c: Condition, policy_ns: str) -> list[m.Pred]:
     if k == "source.principal":
         return _field_preds(k, _principal, m.principal_matcher, v, nv, k)
     if k == "source.trustDomain":
-        return _field_preds(k, lambda a: a.trust_domain, m.trust_domain_matcher, v, nv, k)
+        return _field_preds(k, _td, m.trust_domain_matcher, v, nv, k)
     if k == "request.auth.principal":
         return _field_preds("request.principal", _claims, m.request_principal_matcher, v, nv, k)
     if k in ("request.auth.audiences", "request.auth.presenter"):

@@ -1,34 +1,63 @@
-"""RequestAuthentication: find the JWT in a request, verify it, and say what the request is.
+"""RequestAuthentication: find the JWTs in a request, verify them, and say what the request is.
 
-Istio's semantics (request_authentication.proto and the behaviour of its Envoy config):
-a request *without* a token passes with no request principal; a request with a token
-that fails (unknown issuer, bad signature, expired, wrong audience, keys unavailable) is
-rejected with 401 even if an AuthorizationPolicy would allow it. All RequestAuthentications
-that select the workload are merged. Tokens are looked for in each rule's `fromHeaders`
-/`fromParams`/`fromCookies`, or by default in `Authorization: Bearer …` then the
-`access_token` query parameter.
+Istio's semantics, as its builder (`convertToEnvoyJwtConfig`) configures Envoy's jwt_authn:
+all RequestAuthentications selecting the workload are merged, their rules sorted by issuer,
+and one provider per rule is required as `P1 OR P2 … OR AND(P1 or missing, P2 or missing …)`.
+So, per request:
 
-This module is pure: time comes in as `now` (epoch seconds) and remote JWKS come from a
-`JwksSource` (the sidecar fills a `JwksCache` asynchronously through a `JwksFetcher`;
-nothing here does I/O). Tokens are never logged or put in messages: only iss/sub.
+- a request with no token at any rule's location passes with no request principal;
+- a provider *succeeds* when it found a token at one of its own locations and every such
+  token verifies (issuer, time with 60 s skew, audiences, then signature — Envoy's order);
+  the request passes as soon as one provider succeeds (the first in issuer order gives the
+  principal: Istio calls requests with tokens at several locations "not supported, the
+  output principal … is undefined");
+- otherwise it is rejected (401) with Envoy's message, preferring a real failure ("Jwt is
+  expired") over "Jwt issuer is not configured" — a token whose issuer no rule names is
+  rejected, not ignored (istio/istio#24371). Keys not fetched yet fail the token with
+  "Jwks remote fetch is failed"; nothing waits for them.
+
+Outputs are pure data for the proxy to apply (remove, then add): headers named by any rule's
+`outputPayloadToHeader` / `outputClaimToHeaders` are always removed from the incoming
+request (a client must not forge them); on success the verified token's header is removed
+unless `forwardOriginalToken`, the payload goes to `outputPayloadToHeader` as the token's
+own base64url segment, and claims (nested with `.`) to their headers as Envoy renders them.
+Claims named in `spaceDelimitedClaims`, plus `scope` and `permission`, are split on spaces
+for authorization. Time comes in as `now`, keys from a `JwksSource`; tokens are never
+logged or put in messages.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 import jwt
 from jwt import PyJWKSet
 
-from secmesh.policy.attrs import DEFAULT_SPACE_DELIMITED
+from secmesh.policy.attrs import DEFAULT_SPACE_DELIMITED, split_space_delimited
+from secmesh.policy.jwks import JwksCache, JwksState, discovery_uri
 from secmesh.policy.model import ROOT_NAMESPACE_DEFAULT, JwtRule, PolicySet, Workload, applies_to
+
+__all__ = ["AuthResult", "JwksCache", "JwksFetcher", "JwksSource", "JwksState", "RequestAuthenticator"]
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 CLOCK_SKEW = 60.0  # Envoy jwt_authn default clock_skew_seconds
+_B64URL_DOT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+# Envoy (jwt_verify_lib) status strings
+MISSING = "Jwt is missing"
+BAD_FORMAT = "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+UNKNOWN_ISSUER = "Jwt issuer is not configured"
+EXPIRED = "Jwt is expired"
+NOT_YET_VALID = "Jwt not yet valid"
+BAD_AUDIENCE = "Audiences in Jwt are not allowed"
+FETCH_FAILED = "Jwks remote fetch is failed"
+NO_KEY = "Jwks doesn't have key to match kid or alg from Jwt"
+BAD_SIGNATURE = "Jwt verification fails"
+_SOFT = (MISSING, UNKNOWN_ISSUER)   # statuses Envoy's OR ranks below real failures
 
 
 class JwksFetcher(Protocol):
@@ -41,44 +70,14 @@ class JwksSource(Protocol):
     def keys(self, uri: str) -> PyJWKSet | None: ...
 
 
-class JwksCache:
-    """Remote key sets by URI, with refresh and failure back-off decided from an injected `now`."""
-
-    def __init__(self, refresh_interval: float = 20 * 60, retry_initial: float = 1.0, retry_max: float = 60.0) -> None:
-        self.refresh_interval, self.retry_initial, self.retry_max = refresh_interval, retry_initial, retry_max
-        self._keys: dict[str, PyJWKSet] = {}
-        self._next: dict[str, float] = {}
-        self._backoff: dict[str, float] = {}
-
-    def keys(self, uri: str) -> PyJWKSet | None:
-        return self._keys.get(uri)
-
-    def due(self, uri: str, now: float) -> bool:
-        return now >= self._next.get(uri, 0.0)
-
-    def update(self, uri: str, text: str, now: float) -> None:
-        """Store a fetched document; a bad document counts as a failure and keeps the old keys."""
-        try:
-            self._keys[uri] = PyJWKSet.from_json(text)
-        except (jwt.PyJWKSetError, ValueError, TypeError):
-            self.failed(uri, now)
-            return
-        self._backoff.pop(uri, None)
-        self._next[uri] = now + self.refresh_interval
-
-    def failed(self, uri: str, now: float) -> None:
-        delay = min(self._backoff.get(uri, self.retry_initial / 2) * 2, self.retry_max)
-        self._backoff[uri] = delay
-        self._next[uri] = now + delay
-
-
 @dataclass(frozen=True, slots=True)
 class AuthResult:
     status: str                                 # "none" (no token) | "ok" | "invalid" (→ 401)
-    claims: Mapping[str, Any] | None = None
+    claims: Mapping[str, Any] | None = None     # shaped for authorization (space-delimited claims split)
     message: str = ""
-    remove_headers: tuple[str, ...] = ()
-    add_headers: tuple[tuple[str, str], ...] = field(default=())
+    remove_headers: tuple[str, ...] = ()        # lower-case names; apply before add_headers
+    add_headers: tuple[tuple[str, str], ...] = ()
+    raw_claims: Mapping[str, Any] | None = None  # the payload as signed
 
     @property
     def principal(self) -> str | None:
@@ -88,132 +87,238 @@ class AuthResult:
         return f"{iss}/{sub}" if isinstance(iss, str) and isinstance(sub, str) else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str
+    header: str | None          # the header it came from (None: query parameter or cookie)
+
+
 class _Provider:
+    """One jwtRule: where its tokens are, which keys verify them, what it outputs."""
+
     def __init__(self, rule: JwtRule) -> None:
         self.rule = rule
         self.inline = PyJWKSet.from_json(rule.jwks) if rule.jwks else None
-        self.headers = [(h.name.lower(), h.prefix) for h in rule.from_headers]
-        self.params = list(rule.from_params)
-        if not rule.from_headers and not rule.from_params and not rule.from_cookies:
-            self.headers, self.params = [("authorization", "Bearer ")], ["access_token"]
+        self.key_uri = None if self.inline else (rule.jwks_uri or discovery_uri(rule.issuer))
+        headers = [(h.name.lower(), h.prefix) for h in rule.from_headers]
+        params, cookies = list(rule.from_params), list(rule.from_cookies)
+        if not headers and not params and not cookies:
+            headers, params = [("authorization", "Bearer ")], ["access_token"]
+        # Envoy's extractor order: headers by name+prefix, then params, then cookies, each sorted
+        self.headers = sorted(set(headers), key=lambda hp: hp[0] + hp[1])
+        self.params, self.cookies = sorted(set(params)), sorted(set(cookies))
+        self.outputs = tuple(h.lower() for h in ([rule.output_payload_to_header] if rule.output_payload_to_header
+                                                 else []) + [c.header for c in rule.output_claim_to_headers])
+        self.split = frozenset(DEFAULT_SPACE_DELIMITED) | frozenset(rule.space_delimited_claims)
+        self.audiences = frozenset(_sanitize_audience(a) for a in rule.audiences)
 
-    def extract(self, headers: Mapping[str, str], query: Mapping[str, list[str]],
-                cookies: Mapping[str, str]) -> list[tuple[str, str | None]]:
-        """(token, header it came from or None for query/cookie) for every location of this rule."""
-        found: list[tuple[str, str | None]] = []
+    def extract(self, headers: Mapping[str, str], query: Mapping[str, str], cookies: Mapping[str, str]) -> list[_Token]:
+        found = []
         for name, prefix in self.headers:
             v = headers.get(name)
-            if v is not None and v.startswith(prefix) and v[len(prefix):].strip():
-                found.append((v[len(prefix):].strip(), name))
-        for p in self.params:
-            found.extend((t, None) for t in query.get(p, ()) if t)
-        for c in self.rule.from_cookies:
-            if cookies.get(c):
-                found.append((cookies[c], None))
+            if v is None:
+                continue
+            if prefix:
+                at = v.find(prefix)
+                if at < 0:
+                    continue  # e.g. `Authorization: Basic …` is not a bearer token
+                v = _jwt_run(v, at + len(prefix))
+            found.append(_Token(v, name))
+        found.extend(_Token(query[p], None) for p in self.params if p in query)
+        found.extend(_Token(cookies[c], None) for c in self.cookies if c in cookies)
         return found
+
+    def verify(self, token: str, now: float, keys: JwksSource | None) -> tuple[dict[str, Any] | None, str]:
+        """(claims, "") or (None, Envoy's failure message)."""
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return None, BAD_FORMAT
+        if not isinstance(claims, dict):
+            return None, BAD_FORMAT
+        if self.rule.issuer and claims.get("iss") != self.rule.issuer:
+            return None, UNKNOWN_ISSUER
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if _number(nbf) and now + CLOCK_SKEW < nbf:
+            return None, NOT_YET_VALID
+        if _number(exp) and now > exp + CLOCK_SKEW:
+            return None, EXPIRED
+        if self.audiences:
+            aud = claims.get("aud")
+            auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+            if not any(isinstance(a, str) and _sanitize_audience(a) in self.audiences for a in auds):
+                return None, BAD_AUDIENCE
+        jwks = self.inline or (keys.keys(self.key_uri) if keys is not None and self.key_uri else None)
+        if jwks is None:
+            return None, FETCH_FAILED
+        alg = header.get("alg")
+        candidates = _candidates(jwks, header)
+        if alg not in ALGORITHMS or not candidates:
+            return None, NO_KEY
+        for key in candidates:
+            try:
+                jwt.decode(token, key.key, algorithms=[alg],
+                           options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                                    "verify_aud": False, "verify_iss": False})
+            except (jwt.PyJWTError, ValueError, TypeError):
+                continue
+            return claims, ""
+        return None, BAD_SIGNATURE
 
 
 class RequestAuthenticator:
-    """All jwtRules that apply to one workload, merged."""
+    """All jwtRules that apply to one workload, merged (Istio: sorted by issuer)."""
 
     def __init__(self, policies: PolicySet, workload: Workload, root_namespace: str = ROOT_NAMESPACE_DEFAULT) -> None:
         rules = [r for ra in policies.request_authentication if not ra.target_refs
                  and applies_to(ra.meta.namespace, ra.selector, workload, root_namespace) for r in ra.jwt_rules]
+        rules.sort(key=lambda r: r.issuer)   # stable: same-issuer rules keep their order
         self.providers = [_Provider(r) for r in rules]
+        self._sanitize = tuple(sorted({h for p in self.providers for h in p.outputs}))
 
     @property
     def remote_uris(self) -> list[str]:
-        return sorted({p.rule.jwks_uri for p in self.providers if p.rule.jwks_uri and not p.inline})
+        """What the refresher must keep fetched: `jwksUri`s, and discovery URLs for issuer-only rules."""
+        return sorted({p.key_uri for p in self.providers if p.key_uri})
+
+    @property
+    def remote_sources(self) -> list[tuple[str, float]]:
+        """(uri, fetch timeout) pairs: each rule's `timeout`, Istio's 5 s by default (the largest wins)."""
+        out: dict[str, float] = {}
+        for p in self.providers:
+            if p.key_uri:
+                t = p.rule.timeout_seconds if p.rule.timeout_seconds is not None else 5.0
+                out[p.key_uri] = max(out.get(p.key_uri, 0.0), t)
+        return sorted(out.items())
 
     def authenticate(self, headers: Mapping[str, str], raw_query: str, now: float,
                      keys: JwksSource | None = None) -> AuthResult:
-        """`headers` lower-cased; `raw_query` the part after `?`."""
+        """`headers` lower-cased (repeated ones comma-joined); `raw_query` the part after `?`."""
         if not self.providers:
             return AuthResult("none")
-        query = parse_qs(raw_query, keep_blank_values=False) if raw_query else {}
+        query: dict[str, str] = {}
+        if raw_query:
+            for k, v in parse_qsl(raw_query.partition("#")[0], keep_blank_values=True):
+                query.setdefault(k, v)   # Envoy keeps the first occurrence
         cookies = _cookies(headers.get("cookie", ""))
-        tokens: dict[str, list[tuple[_Provider, str | None]]] = {}
+        failures: list[str] = []
+        anything = False
         for p in self.providers:
-            for token, header in p.extract(headers, query, cookies):
-                tokens.setdefault(token, []).append((p, header))
-        if not tokens:
-            return AuthResult("none")
-        verified: list[tuple[dict[str, Any], _Provider, str | None]] = []
-        for token, sources in tokens.items():
-            claims, provider, header, error = self._verify(token, sources, now, keys)
-            if error:
-                return AuthResult("invalid", message=error)
-            verified.append((claims, provider, header))  # type: ignore[arg-type]
-        claims, provider, header = verified[0]
-        remove = tuple(h for _, p, h in verified if h and not p.rule.forward_original_token)
-        add: list[tuple[str, str]] = []
-        if provider.rule.output_payload_to_header:
-            payload = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).rstrip(b"=")
-            add.append((provider.rule.output_payload_to_header, payload.decode()))
-        for ch in provider.rule.output_claim_to_headers:
-            v = claims.get(ch.claim)
-            if isinstance(v, (str, int, float, bool)):
-                add.append((ch.header, str(v).lower() if isinstance(v, bool) else str(v)))
-        split = set(DEFAULT_SPACE_DELIMITED) | set(provider.rule.space_delimited_claims)
-        shaped = {k: (v.split() if k in split and isinstance(v, str) else v) for k, v in claims.items()}
-        return AuthResult("ok", shaped, "", remove, tuple(add))
-
-    def _verify(self, token: str, sources: list[tuple[_Provider, str | None]], now: float,
-                keys: JwksSource | None) -> tuple[dict[str, Any] | None, _Provider | None, str | None, str]:
-        try:
-            unverified = jwt.decode(token, options={"verify_signature": False})
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            return None, None, None, "Jwt is not in the form of Header.Payload.Signature"
-        iss = unverified.get("iss")
-        matching = [(p, h) for p, h in sources if not p.rule.issuer or p.rule.issuer == iss]
-        if not matching:
-            return None, None, None, "Jwt issuer is not configured"
-        last = "Jwks doesn't have key to match kid or alg from Jwt"
-        for provider, where in matching:
-            jwks = provider.inline or (keys.keys(provider.rule.jwks_uri) if keys and provider.rule.jwks_uri else None)
-            if jwks is None:
-                last = "Jwks remote fetch is failed"
+            tokens = p.extract(headers, query, cookies)
+            if not tokens:
+                failures.append(MISSING)
                 continue
-            for key in _candidates(jwks, header):
-                try:
-                    claims = jwt.decode(token, key.key, algorithms=list(ALGORITHMS),
-                                        options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
-                                                 "verify_aud": False, "verify_iss": False})
-                except jwt.PyJWTError:
-                    last = "Jwt verification fails"
-                    continue
-                problem = _check_claims(claims, provider.rule, now)
-                if problem:
-                    return None, None, None, problem
-                return claims, provider, where, ""
-        return None, None, None, last
+            anything = True
+            verified = []
+            # Envoy verifies the last-extracted token first and stops at the first failure;
+            # every token at this provider's locations must verify
+            for t in reversed(tokens):
+                claims, error = p.verify(t.value, now, keys)
+                if claims is None:
+                    failures.append(error)
+                    break
+                verified.append((t, claims))
+            else:
+                return self._success(p, verified)
+        if not anything:
+            return AuthResult("none", remove_headers=self._sanitize)
+        return AuthResult("invalid", message=_preferred(failures))
+
+    def _success(self, p: _Provider, verified: list[tuple[_Token, dict[str, Any]]]) -> AuthResult:
+        remove = list(self._sanitize)
+        add: list[tuple[str, str]] = []
+        rule = p.rule
+        for token, claims in verified:
+            if rule.output_payload_to_header:
+                add.append((rule.output_payload_to_header.lower(), token.value.split(".")[1]))
+            for ch in rule.output_claim_to_headers:
+                value = claim_header_value(claims, ch.claim)
+                if value:
+                    add.append((ch.header.lower(), value))
+            if token.header and not rule.forward_original_token and token.header not in remove:
+                remove.append(token.header)
+        claims = verified[-1][1]   # the last one verified (the first extracted) leaves its payload
+        return AuthResult("ok", split_space_delimited(claims, p.split), "", tuple(remove), tuple(add), claims)
 
 
-def _candidates(jwks: PyJWKSet, header: Mapping[str, Any]) -> list[Any]:
-    kid = header.get("kid")
-    keys = [k for k in jwks.keys if kid is None or k.key_id in (kid, None)]
-    return sorted(keys, key=lambda k: k.key_id != kid)
-
-
-def _check_claims(claims: Mapping[str, Any], rule: JwtRule, now: float) -> str:
-    exp, nbf = claims.get("exp"), claims.get("nbf")
-    if isinstance(exp, (int, float)) and now > exp + CLOCK_SKEW:
-        return "Jwt is expired"
-    if isinstance(nbf, (int, float)) and now + CLOCK_SKEW < nbf:
-        return "Jwt not yet valid"
-    if rule.audiences:
-        aud = claims.get("aud")
-        auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-        if not set(auds) & set(rule.audiences):
-            return "Audiences in Jwt are not allowed"
+def claim_header_value(claims: Mapping[str, Any], name: str) -> str:
+    """`outputClaimToHeaders`: Envoy's rendering of a (possibly `a.b` nested) claim; "" = no header."""
+    cur: Any = claims
+    for part in name.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return ""
+        cur = cur[part]
+    if isinstance(cur, bool):
+        return "true" if cur else "false"
+    if isinstance(cur, str):
+        return cur
+    if isinstance(cur, (int, float)):
+        d = float(cur)
+        if d < 0 or d >= 2.0 ** 64 or not d.is_integer():
+            return f"{d:f}"        # C++ std::to_string(double)
+        return str(int(d))
+    if isinstance(cur, (dict, list)):
+        text = json.dumps(cur, separators=(",", ":"), sort_keys=True)
+        return base64.b64encode(text.encode()).decode()
     return ""
 
 
+def _preferred(failures: list[str]) -> str:
+    """Envoy's RequiresAny: a real failure over "issuer not configured" over "missing" (last real one wins)."""
+    final = MISSING
+    for f in failures:
+        if f not in _SOFT or final == MISSING:
+            final = f
+    return final
+
+
+def _jwt_run(value: str, after: int) -> str:
+    """Envoy's extractJWT: the base64url+dot run after the prefix, or the whole value if there is none."""
+    start = after
+    while start < len(value) and value[start] not in _B64URL_DOT:
+        start += 1
+    if start >= len(value):
+        return value
+    end = start
+    while end < len(value) and value[end] in _B64URL_DOT:
+        end += 1
+    return value[start:end]
+
+
+def _sanitize_audience(aud: str) -> str:
+    """jwt_verify_lib's CheckAudience: ignore an http(s):// prefix and a trailing slash."""
+    for scheme in ("http://", "https://"):
+        if aud.startswith(scheme):
+            aud = aud[len(scheme):]
+            break
+    return aud[:-1] if aud.endswith("/") else aud
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _candidates(jwks: PyJWKSet, header: Mapping[str, Any]) -> list[Any]:
+    """Keys that may have signed: matching `kid` (or keys without one), and a compatible `alg`."""
+    kid, alg = header.get("kid"), header.get("alg")
+    out = []
+    for k in jwks.keys:
+        if kid is not None and k.key_id not in (kid, None):
+            continue
+        key_alg = getattr(k, "_jwk_data", {}).get("alg")
+        if key_alg and key_alg != alg:
+            continue
+        out.append(k)
+    return sorted(out, key=lambda k: k.key_id != kid)
+
+
 def _cookies(header: str) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for part in header.split(";"):
         name, eq, value = part.strip().partition("=")
-        if eq:
+        if eq and name not in out:
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
             out[name] = value
     return out

@@ -258,3 +258,24 @@ def engine_view(ps: PolicySet, protocol: str, c: ConnAttrs, q: RequestAttrs) -> 
 def test_engine_agrees_with_reference(ps: PolicySet, req: tuple[str, ConnAttrs, RequestAttrs]) -> None:
     protocol, c, q = req
     assert engine_view(ps, protocol, c, q) == reference(ps, protocol, c, q)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy_sets(), st.lists(requests(), min_size=2, max_size=8))
+def test_one_engine_many_requests_agrees_with_reference(ps: PolicySet,
+                                                         reqs: list[tuple[str, ConnAttrs, RequestAttrs]]) -> None:
+    """One engine serves many connections: its memos (per index-hit combination, per evaluated
+    predicate pattern) must never leak one connection's answer into another's."""
+    e = Engine(ps, WL)
+    for _ in range(2):  # the second pass is answered from the memos
+        for protocol, c, q in reqs:
+            cd = e.decide_connection(c, protocol)
+            d = cd.decision if protocol == "tcp" else e.decide_request(cd.residual, q)
+            ref = (d.policy.name, d.policy.rule) if d.policy else None
+            dry = tuple(sorted(("shadow_" + s.action.lower(), s.policy is not None) for s in d.dry_run))
+            assert ((d.allowed, ref), d.audit, dry) == reference(ps, protocol, c, q)
+            if protocol == "http":  # every request on this one connection (a kept residual)
+                for _, _, q2 in reqs:
+                    d2 = e.decide_request(cd.residual, q2)
+                    ref2 = (d2.policy.name, d2.policy.rule) if d2.policy else None
+                    assert (d2.allowed, ref2) == reference(ps, "http", c, q2)[0]
