@@ -96,9 +96,11 @@ class RequestAuthorizer:
             res = authn.authenticate(hdrs, query, self._now(), self._keys)
             if res.status == "invalid":
                 return Verdict(False, 401, "jwt_invalid", "", f"request authentication failed: {res.message}")
+            if res.status in ("ok", "none"):
+                # claim-output header names are stripped even without a token, so a client cannot forge them
+                remove = tuple(h.encode() for h in res.remove_headers)
             if res.status == "ok":
                 claims, principal = res.claims, res.principal
-                remove = tuple(h.encode() for h in res.remove_headers)
                 add = [(k.lower().encode(), v.encode()) for k, v in res.add_headers]
         if engine is None or residual is None:
             if principal is None and not remove and not add:

@@ -44,26 +44,29 @@ def implicit_cluster(listener: Any, http: HttpConfig) -> ClusterConfig:
 class JwksRefresher:
     """Keeps a `JwksCache` filled for the remote `jwks_uri`s the current authenticator names."""
 
-    def __init__(self, cache: Any, uris: Callable[[], Iterable[str]], fetcher: Any = None,
-                 now: Callable[[], float] = time.time, interval: float = 1.0, timeout: float = 5.0) -> None:
+    def __init__(self, cache: Any, sources: Callable[[], Iterable[tuple[str, float]]], fetcher: Any = None,
+                 now: Callable[[], float] = time.time, interval: float = 1.0) -> None:
         if fetcher is None:
             from secmesh.policy.jwks_http import UrllibJwksFetcher
 
             fetcher = UrllibJwksFetcher()
-        self.cache, self.uris, self.fetcher, self.now = cache, uris, fetcher, now
-        self.interval, self.timeout = interval, timeout
+        self.cache, self.sources, self.fetcher, self.now = cache, sources, fetcher, now
+        self.interval = interval
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            for uri in list(self.uris()):
+            sources = list(self.sources())
+            self.cache.retain([uri for uri, _ in sources])  # forget keys of rules a reload removed
+            for uri, timeout in sources:
                 if not self.cache.due(uri, self.now()):
                     continue
                 try:
-                    text = await loop.run_in_executor(None, self.fetcher.fetch, uri, self.timeout)
+                    text = await loop.run_in_executor(None, self.fetcher.fetch, uri, timeout)
                 except Exception as exc:  # any fetch failure: back off, keep old keys
-                    self.cache.failed(uri, self.now())
-                    log_event(log, logging.WARNING, "JWKS fetch failed", uri=uri, error=str(exc)[:200])
+                    error = str(exc)[:200]
+                    self.cache.failed(uri, self.now(), error)
+                    log_event(log, logging.WARNING, "JWKS fetch failed", uri=uri, error=error)
                     continue
                 self.cache.update(uri, text, self.now())
             await asyncio.sleep(self.interval)
@@ -110,11 +113,11 @@ class L7Runtime:
         return env
 
     def jwks_task(self) -> asyncio.Task[None]:
-        def uris() -> list[str]:
+        def sources() -> list[tuple[str, float]]:
             a = self.authenticator()
-            return a.remote_uris if a is not None else []
+            return a.remote_sources if a is not None else []
 
-        return self.loop.create_task(JwksRefresher(self.jwks, uris).run(), name="jwks")
+        return self.loop.create_task(JwksRefresher(self.jwks, sources).run(), name="jwks")
 
     def drain(self) -> None:
         for env in self.envs:
