@@ -22,7 +22,7 @@ import click
 @click.option("--json", "json_mode", is_flag=True, help="Print a JSON result on stdout (progress goes to stderr).")
 @click.option("--non-interactive", is_flag=True, help="No spinners (implied when output is not a terminal).")
 @click.option("--client", type=click.Choice(["auto", "curl", "python"]), default="auto", show_default=True,
-              help="HTTP client for the allowed/plaintext steps (auto: curl if installed).")
+              help="HTTP client for the allowed/forbidden/plaintext steps (auto: curl if installed).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Parent of the temporary directory [$TMPDIR].")
 @click.option("--netns", is_flag=True, help="Put each pod in its own network namespace joined by a veth pair "

@@ -12,7 +12,7 @@ modules split the work by responsibility:
 - `bringup`    create the CA, start everything, wait until each process is ready
 - `backend`    the small asyncio HTTP app behind the orders sidecar (`python -m secmesh.demo.backend`)
 - `probes`     clients: curl or Python HTTP, plaintext and mTLS probes, metric scraping
-- `steps`      the allowed / denied / plaintext checks, each returning a `StepResult`
+- `steps`      the allowed / forbidden-path / denied / plaintext checks, each returning a `StepResult`
 - `rotation`   the request loop that runs across a certificate rotation
 - `summary`    the rich table and the JSON document
 - `runner`     orchestration: setup → steps → summary → clean-up (also on Ctrl-C)

@@ -1,9 +1,10 @@
 """The files and command lines of the demo's processes, built from a `Layout`.
 
 The orders sidecar is authorized by Istio policies (PeerAuthentication STRICT mesh-wide, an
-ALLOW for the frontend, a DENY for the intruder) when this build's sidecar understands policy
-files; otherwise by its static `allow_principals` list. Either way the intruder is refused right
-after its handshake and the refusal names what decided.
+ALLOW for the frontend, a DENY for the intruder, a DENY of `/admin*` for everyone) when this
+build's sidecar understands policy files; otherwise by its static `allow_principals` list. Its
+listener speaks HTTP (L7): principal-only rules are decided at connection time, so the intruder
+is refused right after its handshake; the path rule is decided per request (403 naming it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from secmesh.demo.procs import secmesh_argv
 
 ALLOW_POLICY = "orders-allow-frontend"
 DENY_POLICY = "orders-deny-intruder"
+PATH_POLICY = "orders-deny-admin"
+FORBIDDEN_PATH = "/admin/orders"          # what the forbidden-path step asks for
 
 POLICIES = f"""\
 # Written by `secmesh demo`: what the orders sidecar enforces.
@@ -42,6 +45,15 @@ spec:
   action: DENY
   rules:
   - from: [{{source: {{principals: ["{principal('intruder')}"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {PATH_POLICY}, namespace: {NAMESPACE}}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ["/admin*"]}}}}]
 """
 
 
@@ -100,14 +112,15 @@ def frontend_sidecar(layout: Layout) -> dict:
 
 
 def orders_sidecar(layout: Layout, policies: bool) -> dict:
-    """mTLS only (STRICT) → the orders app; who may connect is decided right after the handshake."""
+    """mTLS only (STRICT) → HTTP (L7, so the app gets XFCC) → the orders app; who may connect is
+    decided right after the handshake, what each request may do before it is routed."""
     doc = _common(layout.orders)
     listener = {"name": "inbound-orders", "kind": "inbound", "address": f"{layout.orders_host}:{layout.orders.port}",
-                "upstream": f"127.0.0.1:{layout.backend_port}"}
+                "upstream": f"127.0.0.1:{layout.backend_port}", "protocol": APP_PROTOCOL}
     if policies:
         doc["policies"] = str(layout.policies)
         doc["workload"] = {"namespace": NAMESPACE, "labels": {"app": "orders"}}
-        listener.update(workload_port=APP_PORT, protocol=APP_PROTOCOL)
+        listener.update(workload_port=APP_PORT)
     else:
         listener.update(mtls_mode="STRICT", allow_principals=[layout.frontend.spiffe_id])
     doc["listeners"] = [listener]

@@ -15,7 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class HttpResult:
     status: int               # HTTP status; 0 when no response arrived
     body: str
     error: str                # why no response arrived ("" when one did)
+    head: str = ""            # status line and response headers as received ("" unless asked for)
+    headers: dict[str, str] = field(default_factory=dict)   # lower-cased names ({} unless asked for)
 
     @property
     def ok(self) -> bool:
@@ -42,20 +44,37 @@ def curl_path() -> str | None:
     return shutil.which("curl")
 
 
+def parse_head(head: str) -> dict[str, str]:
+    """Response headers (lower-cased names; repeated ones joined with ", ") from a raw head. Pure."""
+    out: dict[str, str] = {}
+    for line in head.splitlines()[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            key = name.strip().lower()
+            out[key] = f"{out[key]}, {value.strip()}" if key in out else value.strip()
+    return out
+
+
 def http_get(url: str, headers: dict[str, str] | None = None, *, use_curl: bool = True,
-             timeout: float = 5.0) -> HttpResult:
+             timeout: float = 5.0, include_head: bool = False) -> HttpResult:
+    """GET `url`; with `include_head` the response head is kept too (shown as `curl -i` shows it)."""
     headers = headers or {}
     curl = curl_path() if use_curl else None
     hdr_args = [a for k, v in headers.items() for a in ("-H", f"{k}: {v}")]
-    command = " ".join(["curl", "-sS", *(f"-H '{k}: {v}'" for k, v in headers.items()), url])
+    command = " ".join(["curl", "-sS", *(["-i"] if include_head else []),
+                        *(f"-H '{k}: {v}'" for k, v in headers.items()), url])
     if curl:
-        argv = [curl, "-sS", "--max-time", str(timeout), "-o", "-", "-w", "\n%{http_code}", *hdr_args, url]
+        argv = [curl, "-sS", "--max-time", str(timeout), *(["-D", "-"] if include_head else []), "-o", "-",
+                "-w", "\n%{http_code}", *hdr_args, url]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5)
-        body, _, code = r.stdout.rpartition("\n")
+        out, _, code = r.stdout.rpartition("\n")
+        head, body = "", out
+        if include_head:                     # text mode has turned the head's CRLFs into LFs already
+            head, _, body = out.replace("\r\n", "\n").partition("\n\n")
         status = int(code) if code.isdigit() else 0
         error = "" if r.returncode == 0 else (f"curl exit {r.returncode}: "
                                               f"{CURL_ERRORS.get(r.returncode, r.stderr.strip())}")
-        return HttpResult("curl", command, status, body, error)
+        return HttpResult("curl", command, status, body, error, head, parse_head(head))
     return python_get(url, headers, timeout=timeout, command=command)
 
 
@@ -68,7 +87,10 @@ def python_get(url: str, headers: dict[str, str] | None = None, *, timeout: floa
     try:
         conn.request("GET", "/" + path, headers=headers or {})
         resp = conn.getresponse()
-        return HttpResult("python", command, resp.status, resp.read().decode(errors="replace"), "")
+        head = "\n".join([f"HTTP/{resp.version / 10:.1f} {resp.status} {resp.reason}",
+                          *(f"{k}: {v}" for k, v in resp.getheaders())])
+        return HttpResult("python", command, resp.status, resp.read().decode(errors="replace"), "", head,
+                          parse_head(head))
     except (OSError, http.client.HTTPException) as exc:
         why = "empty reply from server (connection closed)" if isinstance(exc, http.client.RemoteDisconnected) \
             else f"{type(exc).__name__}: {exc}"

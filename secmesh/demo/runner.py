@@ -24,6 +24,7 @@ from secmesh.demo.procs import DemoError, ProcessGroup, http_text
 from secmesh.demo.summary import Reporter, StepResult, document, table
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+STEPS = 5                      # allowed, forbidden, denied, plaintext, rotation
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ def _final_metrics(layout: Layout, net: Net) -> dict[str, Any]:
         "orders_authz_denied": metric(orders, steps.AUTHZ, decision="deny"),
         "orders_authz_allowed": metric(orders, steps.AUTHZ, decision="allow"),
         "orders_authz_denied_by_policy": deny_by_policy,
+        "orders_http_authz_denied": metric(orders, steps.L7_AUTHZ, decision="deny"),
+        "orders_http_authz_allowed": metric(orders, steps.L7_AUTHZ, decision="allow"),
         "orders_refused_plaintext": metric(orders, steps.CONNECTIONS, result="refused_plaintext"),
         "frontend_upstream_failed": metric(texts["frontend-sidecar"], steps.CONNECTIONS, result="upstream_failed"),
         "scraped": sorted(n for n, t in texts.items() if t),
@@ -89,17 +92,19 @@ def _run_steps(layout: Layout, net: Net, rep: Reporter, opts: Options, policies:
     results.append(steps.allowed(layout, net, rep, use_curl=use_curl))
     rep.result(results[-1])
 
-    rep.heading("2. A denied identity: sa/intruder → orders")
+    rep.heading("2. A forbidden path: frontend → orders /admin/…")
+    results.append(steps.forbidden(layout, net, rep, use_curl=use_curl, policies=policies))
+    rep.result(results[-1])
+
+    rep.heading("3. A denied identity: sa/intruder → orders")
     results.append(steps.denied(layout, net, rep, policies=policies))
     rep.result(results[-1])
-    rep.note("HTTP 403 naming the policy (a path the policies forbid) arrives with L7 authorization; "
-             "until then a denied peer is refused at L4, right after its handshake, before a byte is read.")
 
-    rep.heading("3. Plaintext to the STRICT inbound port")
+    rep.heading("4. Plaintext to the STRICT inbound port")
     results.append(steps.plaintext(layout, net, rep, use_curl=use_curl))
     rep.result(results[-1])
 
-    rep.heading(f"4. Rotation: leaves live {opts.ttl} and are renewed at half-life, under load")
+    rep.heading(f"5. Rotation: leaves live {opts.ttl} and are renewed at half-life, under load")
     results.append(rotation.run(layout, net, rep, want=opts.rotations, deadline=max(20.0, 2.5 * opts.ttl_seconds
                                                                                 * opts.rotations)))
     rep.result(results[-1])
@@ -145,7 +150,7 @@ def run(opts: Options) -> int:
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, previous)
-    ok = error is None and len(results) == 4 and all(r.ok for r in results)
+    ok = error is None and len(results) == STEPS and all(r.ok for r in results)
     _report(rep, results, layout, opts, error, ok)
     if opts.json_mode:
         procs = [{"name": c.name, "pid": c.pid, "exit": code} for c, (_, code) in zip(group.children, exits)]

@@ -1,4 +1,4 @@
-"""The demo's checks: an allowed request, a denied identity, plaintext on a STRICT port.
+"""The demo's checks: an allowed request, a forbidden path, a denied identity, plaintext on a STRICT port.
 
 Each step drives a real client, then collects evidence from three independent places — what
 the client got, what the sidecars counted (/metrics) and what they logged — and returns a
@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from secmesh.demo.configs import DENY_POLICY
-from secmesh.demo.layout import Layout, spiffe_id
+from secmesh.demo.configs import DENY_POLICY, FORBIDDEN_PATH, PATH_POLICY
+from secmesh.demo.layout import NAMESPACE, Layout, spiffe_id
 from secmesh.demo.netns import Net
 from secmesh.demo.probes import http_get, log_lines, metric, metric_samples, mtls_probe
 from secmesh.demo.procs import http_text
 from secmesh.demo.summary import Reporter, StepResult
 
-AUTHZ = "secmesh_sidecar_authz_decisions_total"
+AUTHZ = "secmesh_sidecar_authz_decisions_total"              # connection-time (L4) decisions
+L7_AUTHZ = "secmesh_sidecar_http_authz_decisions_total"       # per-request (L7) decisions
+DENIED_BY_HEADER = "x-secmesh-denied-by"
 CONNECTIONS = "secmesh_sidecar_connections_total"
 INBOUND = "inbound-orders"
 OUTBOUND = "outbound-orders"
@@ -60,13 +62,35 @@ def app_requests(layout: Layout) -> int:
     return sum(1 for ln in log_lines(layout.logs / "orders-app.log") if ln.get("msg") == "request")
 
 
+def parse_xfcc(value: str | None) -> dict[str, str]:
+    """The first element of an `x-forwarded-client-cert` value → {By, Hash, URI, …}. Pure.
+
+    Envoy's format: `key=value` pairs joined by `;`, values optionally double-quoted; the
+    elements of several hops are joined by `,` (the demo has one hop: the orders sidecar)."""
+    out: dict[str, str] = {}
+    if not value:
+        return out
+    element = value.split(",", 1)[0]
+    for part in element.split(";"):
+        key, sep, val = part.partition("=")
+        if sep:
+            out[key.strip()] = val.strip().strip('"')
+    return out
+
+
+def _requests(path: Path, listener: str, req_path: str) -> list[dict[str, Any]]:
+    """Per-request (L7) access-log lines of `listener` for `req_path`."""
+    return [ln for ln in log_lines(path) if ln.get("logger") == "secmesh.sidecar.access"
+            and ln.get("msg") == "request" and ln.get("listener") == listener and ln.get("path") == req_path]
+
+
 def allowed(layout: Layout, net: Net, rep: Reporter, *, use_curl: bool) -> StepResult:
     url = f"http://127.0.0.1:{layout.frontend.port}/orders/42"
     res = net.call("frontend", http_get, url, {"x-demo-step": "allowed"}, use_curl=use_curl)
     rep.command(res.command + f"    # as the frontend app, to its sidecar ({res.client})")
     echo: dict[str, Any] = {}
     if res.body:
-        rep.block(res.body, limit=18)
+        rep.block(res.body, limit=20)
         try:
             echo = json.loads(res.body)
         except ValueError:
@@ -74,24 +98,77 @@ def allowed(layout: Layout, net: Net, rep: Reporter, *, use_curl: bool) -> StepR
     fid, oid = layout.frontend.spiffe_id, layout.orders.spiffe_id
     inbound = _poll(lambda: _access(layout.logs / "orders-sidecar.log", INBOUND, fid))
     outbound = _poll(lambda: _access(layout.logs / "frontend-sidecar.log", OUTBOUND, oid))
+    request_lines = _poll(lambda: [ln for ln in _requests(layout.logs / "orders-sidecar.log", INBOUND, "/orders/42")
+                                   if ln.get("status") == 200])
     xfcc = echo.get("x-forwarded-client-cert")
+    fields = parse_xfcc(xfcc)
     evidence = [f"HTTP {res.status or '-'} from the orders app" + (f" ({res.error})" if res.error else ""),
                 f"frontend sidecar verified the server: {oid}" if outbound else "no outbound access-log line",
                 f"orders sidecar verified the client: {fid}" if inbound else "no inbound access-log line with "
                 "the frontend's identity"]
+    if xfcc:
+        evidence.append(f"the app received x-forwarded-client-cert: URI={fields.get('URI')} (the caller), "
+                        f"By={fields.get('By')} (the sidecar in front of it)")
+    else:
+        evidence.append("the app received no x-forwarded-client-cert")
+    if request_lines:
+        ln = request_lines[-1]
+        evidence.append(f"orders sidecar access log: {ln.get('method')} {ln.get('path')} {ln.get('status')} "
+                        f"peer_id={ln.get('peer_id')} decision={ln.get('decision')} policy={ln.get('policy') or '-'}")
     if inbound:
         ln = inbound[-1]
-        evidence.append(f"orders sidecar access log: src={ln.get('src')} peer_id={ln.get('peer_id')} "
-                        f"tls={ln.get('tls_version')} policy={ln.get('policy') or '-'}")
-    evidence.append(f"x-forwarded-client-cert seen by the app: {xfcc}" if xfcc else
-                    "the L4 sidecar adds no x-forwarded-client-cert yet: the peer ID shown comes from "
-                    "the orders sidecar's access log")
+        evidence.append(f"orders sidecar connection log: src={ln.get('src')} tls={ln.get('tls_version')}")
+    logged_id = request_lines[-1].get("peer_id") if request_lines else None
+    xfcc_ok = fields.get("URI") == fid and fields.get("By") == oid and logged_id == fid
     ok = res.ok and echo.get("path") == "/orders/42" and echo.get("app") == "orders" and bool(inbound) \
-        and bool(outbound)
-    claim = f"{res.client} → frontend sidecar → mTLS → orders sidecar → app: 200"
+        and bool(outbound) and xfcc_ok
+    claim = f"{res.client} → frontend sidecar → mTLS → orders sidecar → app: 200, caller's ID in XFCC"
     data = {"client": res.client, "status": res.status, "echo": echo, "peer_id": fid if inbound else None,
-            "server_id": oid if outbound else None, "xfcc": xfcc}
+            "server_id": oid if outbound else None, "xfcc": xfcc, "xfcc_uri": fields.get("URI"),
+            "xfcc_by": fields.get("By"), "logged_peer_id": logged_id}
     return StepResult("allowed", "Allowed request", claim, ok, evidence, data)
+
+
+def forbidden(layout: Layout, net: Net, rep: Reporter, *, use_curl: bool, policies: bool) -> StepResult:
+    """A path the policies forbid: the orders sidecar answers 403 itself, naming the policy."""
+    want = f"ns[{NAMESPACE}]-policy[{PATH_POLICY}]-rule[0]"
+    url = f"http://127.0.0.1:{layout.frontend.port}{FORBIDDEN_PATH}"
+    before = scrape(net, layout)
+    app_before = app_requests(layout)
+    res = net.call("frontend", http_get, url, use_curl=use_curl, include_head=True)
+    rep.command(res.command + f"    # a path {PATH_POLICY} forbids, through the frontend sidecar")
+    shown = "\n".join(ln for ln in res.head.splitlines() if not ln.lower().startswith("date:"))
+    rep.block((shown + "\n\n" + res.body) if shown else res.body, limit=12)
+    denies = lambda t: metric(t, L7_AUTHZ, listener=INBOUND, decision="deny", policy=want)  # noqa: E731
+    after = _scrape_until(net, layout, lambda t: denies(t) > denies(before))
+    delta = denies(after) - denies(before)
+    reasons = [lb.get("reason") for lb, v in metric_samples(after, L7_AUTHZ) if lb.get("policy") == want and v]
+    refusals = _poll(lambda: [ln for ln in log_lines(layout.logs / "orders-sidecar.log")
+                              if ln.get("msg") == "request refused" and ln.get("path") == FORBIDDEN_PATH])
+    access = _poll(lambda: _requests(layout.logs / "orders-sidecar.log", INBOUND, FORBIDDEN_PATH))
+    reached_app = app_requests(layout) - app_before
+    header = res.headers.get(DENIED_BY_HEADER)
+    evidence = [f"HTTP {res.status or '-'} answered by the orders sidecar" + (f" ({res.error})" if res.error else ""),
+                f"{DENIED_BY_HEADER}: {header or '(absent)'}",
+                f"{L7_AUTHZ}{{decision=\"deny\",policy=\"{want}\"}} +{delta:g}"
+                + (f" (reason=\"{reasons[0]}\")" if reasons else ""),
+                f"requests that reached the app: {reached_app}"]
+    source = ""
+    if refusals:
+        ln = refusals[-1]
+        source = str(ln.get("policy_source") or "")
+        evidence.append(f"orders sidecar log: {ln.get('detail')}")
+    if access:
+        ln = access[-1]
+        evidence.append(f"orders sidecar access log: {ln.get('method')} {ln.get('path')} {ln.get('status')} "
+                        f"origin={ln.get('origin')} peer_id={ln.get('peer_id')} decision={ln.get('decision')}")
+    ok = (policies and res.status == 403 and header == want and delta >= 1 and reached_app == 0
+          and bool(refusals) and bool(access) and access[-1].get("peer_id") == layout.frontend.spiffe_id)
+    return StepResult("forbidden", "Forbidden path", f"GET {FORBIDDEN_PATH} → 403 from the orders sidecar, "
+                      "naming the policy", ok, evidence,
+                      {"status": res.status, "denied_by": header, "body": res.body, "deny_delta": delta,
+                       "policy": want, "policy_source": source, "reached_app": reached_app,
+                       "reason": reasons[0] if reasons else None})
 
 
 def denied(layout: Layout, net: Net, rep: Reporter, *, policies: bool) -> StepResult:

@@ -48,6 +48,10 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _step(demo: dict[str, Any], key: str) -> dict[str, Any]:
+    return next(s for s in demo["doc"]["steps"] if s["key"] == key)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -71,15 +75,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_exits_zero_and_every_step_passed(demo: dict[str, Any]) -> None:
     doc = demo["doc"]
     assert demo["rc"] == 0 and doc["ok"] and doc["error"] is None, demo["out"][-4000:]
-    assert [s["key"] for s in doc["steps"]] == ["allowed", "denied", "plaintext", "rotation"]
+    assert [s["key"] for s in doc["steps"]] == ["allowed", "forbidden", "denied", "plaintext", "rotation"]
     assert all(s["ok"] for s in doc["steps"])
     assert "every step did what it claims" in demo["out"]
     print(f"demo wall time {demo['elapsed']:.1f}s (reported {doc['elapsed_seconds']}s)")
-    assert demo["elapsed"] < 90
+    assert demo["elapsed"] < 40
 
 
 def test_allowed_request_reached_the_app_with_both_identities_verified(demo: dict[str, Any]) -> None:
-    step = demo["doc"]["steps"][0]
+    step = _step(demo, "allowed")
     assert step["status"] == 200 and step["echo"]["app"] == "orders" and step["echo"]["path"] == "/orders/42"
     assert step["peer_id"] == f"{TD}/frontend" and step["server_id"] == f"{TD}/orders"
     logs = demo["root"] / "logs"
@@ -90,24 +94,63 @@ def test_allowed_request_reached_the_app_with_both_identities_verified(demo: dic
     assert '"path": "/orders/42"' in demo["out"]          # the app's echo is shown to the user
 
 
+def test_the_app_saw_the_callers_spiffe_id_in_xfcc_and_the_access_log_agrees(demo: dict[str, Any]) -> None:
+    step = _step(demo, "allowed")
+    xfcc = step["echo"]["x-forwarded-client-cert"]
+    assert xfcc == step["echo"]["headers"]["x-forwarded-client-cert"] and xfcc in demo["out"]   # shown as received
+    fields = dict(part.split("=", 1) for part in xfcc.split(";"))
+    assert fields["URI"] == f"{TD}/frontend" and fields["By"] == f"{TD}/orders" and len(fields["Hash"]) == 64
+    assert step["xfcc_uri"] == f"{TD}/frontend" and step["logged_peer_id"] == f"{TD}/frontend"
+    assert f"x-forwarded-client-cert: URI={TD}/frontend (the caller)" in demo["out"]
+    # the app's own log of that request recorded the same header
+    app = [ln for ln in _json_lines(demo["root"] / "logs" / "orders-app.log")
+           if ln.get("msg") == "request" and ln.get("path") == "/orders/42"]
+    assert app and app[0]["xfcc"] == xfcc
+    access = [ln for ln in _json_lines(demo["root"] / "logs" / "orders-sidecar.log")
+              if ln.get("msg") == "request" and ln.get("path") == "/orders/42" and ln.get("status") == 200]
+    assert access and access[0]["peer_id"] == f"{TD}/frontend" and access[0]["decision"] == "allow"
+    assert access[0]["policy"] == "ns[shop]-policy[orders-allow-frontend]-rule[0]"
+
+
+def test_forbidden_path_got_403_naming_the_policy_and_never_reached_the_app(demo: dict[str, Any]) -> None:
+    step = _step(demo, "forbidden")
+    label = "ns[shop]-policy[orders-deny-admin]-rule[0]"
+    assert step["status"] == 403 and step["denied_by"] == label and step["reached_app"] == 0
+    assert step["body"].strip() == "RBAC: access denied" and step["deny_delta"] == 1
+    assert "orders.yaml:" in step["policy_source"]
+    assert "403 Forbidden" in demo["out"] and f"x-secmesh-denied-by: {label}" in demo["out"]
+    prom = (demo["root"] / "logs" / "orders-sidecar.prom").read_text()
+    assert _metric(prom, "secmesh_sidecar_http_authz_decisions_total", listener="inbound-orders",
+                   decision="deny", policy=label) == 1
+    assert _metric(prom, "secmesh_sidecar_http_authz_decisions_total", decision="deny") == 1   # nothing else
+    assert _metric(prom, "secmesh_sidecar_http_requests_total", listener="inbound-orders", status="4xx",
+                   origin="local") == 1
+    logs = demo["root"] / "logs"
+    refused = [ln for ln in _json_lines(logs / "orders-sidecar.log")
+               if ln.get("msg") == "request refused" and ln.get("path") == "/admin/orders"]
+    assert len(refused) == 1 and refused[0]["policy"] == label and refused[0]["status"] == 403
+    assert refused[0]["peer_id"] == f"{TD}/frontend" and "orders.yaml:" in refused[0]["policy_source"]
+    assert not [ln for ln in _json_lines(logs / "orders-app.log") if str(ln.get("path", "")).startswith("/admin")]
+    assert demo["doc"]["metrics"]["orders_http_authz_denied"] == 1
+
+
 def test_denied_identity_moved_the_deny_counter_and_named_the_policy(demo: dict[str, Any]) -> None:
-    step = demo["doc"]["steps"][1]
+    step = _step(demo, "denied")
     assert step["handshake"] and step["server_id"] == f"{TD}/orders" and step["reached_app"] == 0
     prom = (demo["root"] / "logs" / "orders-sidecar.prom").read_text()
     assert _metric(prom, "secmesh_sidecar_authz_decisions_total", decision="deny") == 1
     refused = [ln for ln in _json_lines(demo["root"] / "logs" / "orders-sidecar.log")
                if ln.get("msg") == "connection refused" and ln.get("peer_id") == f"{TD}/intruder"]
     assert len(refused) == 1
-    if demo["doc"]["layout"] and (demo["root"] / "policies" / "orders.yaml").exists():   # policy engine mode
-        assert _metric(prom, "secmesh_sidecar_authz_decisions_total", decision="deny",
-                       policy="ns[shop]-policy[orders-deny-intruder]-rule[0]") == 1
-        assert refused[0]["policy_name"] == "orders-deny-intruder" and step["policy_named"]
-        assert "orders.yaml:" in refused[0]["policy_source"]
-    assert "arrives with L7" in demo["out"]
+    assert _metric(prom, "secmesh_sidecar_authz_decisions_total", decision="deny",
+                   policy="ns[shop]-policy[orders-deny-intruder]-rule[0]") == 1
+    assert refused[0]["policy_name"] == "orders-deny-intruder" and step["policy_named"]
+    assert "orders.yaml:" in refused[0]["policy_source"]
+    assert "arrives with L7" not in demo["out"]
 
 
 def test_plaintext_to_the_strict_port_was_refused(demo: dict[str, Any]) -> None:
-    step = demo["doc"]["steps"][2]
+    step = _step(demo, "plaintext")
     assert step["reached_app"] == 0 and step["error"]
     prom = (demo["root"] / "logs" / "orders-sidecar.prom").read_text()
     assert _metric(prom, "secmesh_sidecar_connections_total", listener="inbound-orders",
@@ -115,7 +158,7 @@ def test_plaintext_to_the_strict_port_was_refused(demo: dict[str, Any]) -> None:
 
 
 def test_rotation_happened_under_load_with_zero_failures(demo: dict[str, Any]) -> None:
-    step = demo["doc"]["steps"][3]
+    step = _step(demo, "rotation")
     assert step["failed"] == 0 and step["keepalive_failed"] == 0 and step["requests"] > 10
     assert "0 failed" in demo["out"]
     logs = demo["root"] / "logs"

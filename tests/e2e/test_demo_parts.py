@@ -15,7 +15,8 @@ import pytest
 from secmesh.demo import configs
 from secmesh.demo.backend import parse_head, response
 from secmesh.demo.layout import Layout, spiffe_id
-from secmesh.demo.probes import metric, metric_samples
+from secmesh.demo.probes import metric, metric_samples, parse_head as parse_response_head
+from secmesh.demo.steps import parse_xfcc
 from secmesh.demo.tokens import TokenMinter
 from secmesh.identity.tokens import StaticJwks, TokenValidator
 from secmesh.sidecar import config as sconfig
@@ -49,9 +50,12 @@ def test_sidecar_configs_load_with_the_production_loader(layout: Layout, policie
     od = sconfig.load(layout.orders.sidecar_config)
     lst = od.listeners[0]
     assert lst.kind == "inbound" and lst.upstream_addr == ("127.0.0.1", layout.backend_port)
+    assert lst.protocol == "http"                 # L7 in both modes: the app gets XFCC
     if policies:
         assert od.policies == str(layout.policies) and od.workload.namespace == "shop"
         assert (layout.policies / "orders.yaml").read_text() == configs.POLICIES
+        assert f"name: {configs.PATH_POLICY}" in configs.POLICIES and '"/admin*"' in configs.POLICIES
+        assert configs.FORBIDDEN_PATH.startswith("/admin")
     else:
         assert lst.allow_principals == [spiffe_id("frontend")] and lst.static_mode.value == "STRICT"
 
@@ -88,3 +92,13 @@ def test_long_work_directories_get_short_socket_paths(tmp_path: Path) -> None:
         assert layout.separate_sockets and len(str(layout.orders.agent_socket)) < 100
     finally:
         shutil.rmtree(layout.sockets)
+
+
+def test_xfcc_and_response_heads_are_parsed_as_shown() -> None:
+    xfcc = ('By=spiffe://demo.local/ns/shop/sa/orders;Hash=ab12;URI="spiffe://demo.local/ns/shop/sa/frontend",'
+            'By=spiffe://x;URI=spiffe://y')
+    assert parse_xfcc(xfcc) == {"By": "spiffe://demo.local/ns/shop/sa/orders", "Hash": "ab12",
+                                "URI": "spiffe://demo.local/ns/shop/sa/frontend"}
+    assert parse_xfcc(None) == {} and parse_xfcc("") == {}
+    head = "HTTP/1.1 403 Forbidden\nX-Secmesh-Denied-By: ns[shop]-policy[p]-rule[0]\nvia: a\nVia: b"
+    assert parse_response_head(head) == {"x-secmesh-denied-by": "ns[shop]-policy[p]-rule[0]", "via": "a, b"}
