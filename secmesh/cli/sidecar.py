@@ -38,14 +38,46 @@ def _load_policies(config: Any) -> Any:
         sys.exit(2)
 
 
+def _take_over(config: Any) -> Any:
+    """Hot restart: the previous process's listening sockets (those whose address still matches), or None."""
+    if not config.hot_restart_socket:
+        return None
+    from secmesh.sidecar.config import split_host_port
+    from secmesh.sidecar.hot_restart import take_over
+
+    try:
+        inherited = take_over(config.hot_restart_socket)
+    except (OSError, ValueError, KeyError) as exc:
+        click.echo(f"secmesh sidecar: hot restart: cannot take the sockets from {config.hot_restart_socket}: "
+                   f"{exc!r}", err=True)
+        sys.exit(1)
+    if inherited is None:
+        return None
+    wanted = {lst.name: lst.address for lst in config.listeners}
+    if config.admin.enabled and config.admin.address:
+        wanted["admin"] = config.admin.address
+    for name, sock in list(inherited.sockets.items()):
+        address = wanted.get(name)
+        if address is None or split_host_port(address, what=name)[1] not in (0, sock.getsockname()[1]):
+            sock.close()                      # renamed or moved: bind afresh; the old process drains it
+            del inherited.sockets[name]
+    return inherited
+
+
 def _start(config: Any) -> None:
     from secmesh import log as slog
     from secmesh.sidecar.app import run_worker
+    from secmesh.sidecar.preflight import check_ports
     from secmesh.sidecar.workers import run_workers
 
     slog.setup(config.log_level)
     policies = _load_policies(config)
-    sys.exit(run_workers(config.worker_count, lambda i: run_worker(config, i, policies)))
+    inherited = _take_over(config)
+    problem = check_ports(config, skip=frozenset(inherited.sockets) if inherited is not None else frozenset())
+    if problem is not None:
+        click.echo(f"secmesh sidecar: {problem}", err=True)
+        sys.exit(1)
+    sys.exit(run_workers(config.worker_count, lambda i: run_worker(config, i, policies, inherited)))
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,9 +87,12 @@ def _start(config: Any) -> None:
 @click.option("--admin", "admin_address", help="Admin HOST:PORT (loopback).")
 @click.option("--policies", help="Istio policy YAML (file or directory): AuthorizationPolicy + PeerAuthentication.")
 @click.option("--root-namespace", help="Mesh-wide policy namespace [istio-system].")
+@click.option("--hot-restart-socket", help="UDS for hot restart: take the listening sockets from the process "
+              "serving it, then make it drain (needs workers 1).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, workers: int | None, log_level: str | None,
-        admin_address: str | None, policies: str | None, root_namespace: str | None) -> None:
+        admin_address: str | None, policies: str | None, root_namespace: str | None,
+        hot_restart_socket: str | None) -> None:
     """The mTLS sidecar proxy: inbound terminates mTLS, outbound originates it (L4 or, with protocol http, L7)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -66,7 +101,7 @@ def cli(ctx: click.Context, config_path: str | None, workers: int | None, log_le
     from secmesh.sidecar import config as sconfig
 
     flags: dict[str, Any] = {"workers": workers, "log_level": log_level, "policies": policies,
-                             "root_namespace": root_namespace}
+                             "root_namespace": root_namespace, "hot_restart_socket": hot_restart_socket}
     if admin_address is not None:
         flags["admin"] = {"address": admin_address, "enabled": bool(admin_address)}
     try:

@@ -4,7 +4,9 @@ Order matters: the certificate source starts first and listeners are bound only 
 certificate is held (Envoy's "warming" listeners), so a peer never reaches a port that
 cannot complete a handshake. SIGTERM stops accepting, lets connections finish for up to
 `drain_timeout`, then aborts the rest. SIGHUP reloads file-based certificates and the policy
-files at once.
+files at once. With `hot_restart_socket`, listening sockets may come from the previous process
+(`hot_restart.take_over`, done by the CLI before the loop starts); once this process serves, it
+tells that one to drain and listens on the socket for its own successor.
 
 Authorization per inbound listener: with `policies` configured, the Istio policy engine
 (`PolicyAuthorizer`) decides and PeerAuthentication in the same files sets each port's mTLS
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from typing import TYPE_CHECKING, Any, Callable
 
 from secmesh.identity.spiffe import TrustDomain
@@ -31,10 +34,12 @@ from secmesh.sidecar.authz_l4 import AllowAny, AllowList, ConnectionAuthorizer
 from secmesh.sidecar.certstore import CertStore
 from secmesh.sidecar.config import ListenerConfig, MtlsMode, SidecarConfig, split_host_port
 from secmesh.sidecar.connection import ConnContext
-from secmesh.sidecar.listener import Listener
+from secmesh.sidecar.listener import Listener, bind_socket
+from secmesh.sidecar.preflight import describe_bind_error
 from secmesh.sidecar.tls import ContextHolder
 
 if TYPE_CHECKING:
+    from secmesh.sidecar.hot_restart import Inherited
     from secmesh.sidecar.policy_source import PolicySnapshot, PolicySource
 
 log = logging.getLogger("secmesh.sidecar")
@@ -61,8 +66,11 @@ def mode_fn_for(cfg: ListenerConfig, policies: PolicySource | None) -> Callable[
 
 
 class Sidecar:
-    def __init__(self, config: SidecarConfig, *, worker: int = 0, policies: PolicySnapshot | None = None) -> None:
+    def __init__(self, config: SidecarConfig, *, worker: int = 0, policies: PolicySnapshot | None = None,
+                 inherited: Inherited | None = None) -> None:
         self.config = config
+        self.inherited = inherited
+        self.admin_sock: socket.socket | None = None
         self.worker = worker
         self.policies: PolicySource | None = None
         if policies is not None:
@@ -77,6 +85,8 @@ class Sidecar:
         self.admin_state: AdminState | None = None
         self.file_source: Any = None
         self._stop = asyncio.Event()
+        self.exit_code = 0
+        self.hot_restart: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
 
     def is_ready(self) -> bool:
@@ -145,10 +155,15 @@ class Sidecar:
         admin = None
         access: Any = None
         cfg = self.config
+        inherited = self.inherited.sockets if self.inherited is not None else {}
         if self.worker == 0 and cfg.admin.enabled and cfg.admin.address:
             host, port = split_host_port(cfg.admin.address, what="admin.address")
             self.admin_state = AdminState(cfg, self.store, self.is_ready, self.policies)
-            admin = await start_admin(self.admin_state, host, port)
+            try:
+                self.admin_sock = inherited.get("admin") or bind_socket(host, port, reuse_port=False)
+            except OSError as exc:
+                return self._bind_failed("admin", cfg.admin.address, exc)
+            admin = await start_admin(self.admin_state, host, port, sock=self.admin_sock)
             log_event(log, logging.INFO, "admin listening", address=cfg.admin.address)
         self._start_source()
         if self.policies is not None:
@@ -174,9 +189,17 @@ class Sidecar:
                     ctx.l7 = l7.env_for(lcfg, lcfg.http)
                     ctx.server_ctx_fn = lambda: l7.contexts.server
                 listener = Listener(lcfg, ctx)
-                await listener.start()
+                try:
+                    await listener.start(inherited.get(lcfg.name))
+                except OSError as exc:
+                    self._bind_failed(f"listener {lcfg.name}", lcfg.address, exc)
+                    self.request_stop()
+                    self.exit_code = 1
+                    break
                 self.listeners.append(listener)
-            log_event(log, logging.INFO, "sidecar ready", worker=self.worker, listeners=len(self.listeners))
+            if not self._stop.is_set():
+                log_event(log, logging.INFO, "sidecar ready", worker=self.worker, listeners=len(self.listeners))
+                await self._hot_restart_ready(loop)
             await stopper
         waiter.cancel()
         log_event(log, logging.INFO, "draining", worker=self.worker, drain_timeout_s=cfg.drain_timeout)
@@ -194,8 +217,35 @@ class Sidecar:
                 await task
         if admin is not None:
             admin.close()
+        if self.hot_restart is not None:
+            self.hot_restart.close()
         log_event(log, logging.INFO, "stopped", worker=self.worker, aborted_connections=aborted)
-        return 0
+        return self.exit_code
+
+    def _bind_failed(self, what: str, address: str, exc: OSError) -> int:
+        """A port taken between the CLI's pre-flight check and here: one error line, exit 1."""
+        log_event(log, logging.ERROR, describe_bind_error(what, address, exc), worker=self.worker)
+        return 1
+
+    def _sockets(self) -> dict[str, socket.socket]:
+        """What a successor inherits: the admin socket and every accepting listener's socket."""
+        out = {lst.cfg.name: lst.sock for lst in self.listeners if lst.accepting and lst.sock is not None}
+        if self.admin_sock is not None:
+            out["admin"] = self.admin_sock
+        return out
+
+    async def _hot_restart_ready(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serving now: let the previous process drain, then wait for our own successor."""
+        if self.inherited is not None:
+            await loop.run_in_executor(None, self.inherited.finish)
+            self.inherited = None
+        path = self.config.hot_restart_socket
+        if path:
+            from secmesh.sidecar.hot_restart import HotRestartServer
+
+            self.hot_restart = HotRestartServer(path, self._sockets,
+                                                lambda: loop.call_soon_threadsafe(self.request_stop))
+            self.hot_restart.start()
 
 
 def _tune_gc() -> None:
@@ -213,7 +263,8 @@ def _tune_gc() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-def run_worker(config: SidecarConfig, worker: int = 0, policies: PolicySnapshot | None = None) -> int:
+def run_worker(config: SidecarConfig, worker: int = 0, policies: PolicySnapshot | None = None,
+               inherited: Inherited | None = None) -> int:
     """Run one worker's event loop (uvloop) to completion; returns the exit code.
 
     `policies` is the set compiled before forking (so a bad set stops start-up once, and
@@ -222,4 +273,4 @@ def run_worker(config: SidecarConfig, worker: int = 0, policies: PolicySnapshot 
     import uvloop
 
     _tune_gc()
-    return uvloop.run(Sidecar(config, worker=worker, policies=policies).run())
+    return uvloop.run(Sidecar(config, worker=worker, policies=policies, inherited=inherited).run())

@@ -18,6 +18,7 @@ from secmesh.identity.spiffe import InvalidSpiffeId, SpiffeId, TrustDomain
 from secmesh.sidecar.l7_config import ClusterConfig, HttpConfig
 
 DEFAULT_SDS_SOCKET = "/var/run/secrets/workload-spiffe-uds/socket"
+DEFAULT_TOKEN_FILE = "/var/run/secrets/tokens/istio-token"   # the pod's projected service-account token
 
 
 class MtlsMode(str, Enum):
@@ -55,6 +56,17 @@ class SdsConfig:
     root_resource: str = "ROOTCA"
     backoff_initial: Duration = Duration(0.5)
     backoff_max: Duration = Duration(30.0)
+    # sent as `authorization: Bearer …` on StreamSecrets (a per-node agent tells pods apart by it);
+    # re-read on every (re)connect; "" disables; the default path is optional, any other must exist
+    token_file: str = DEFAULT_TOKEN_FILE
+
+    def token_path(self) -> str | None:
+        """The token file to send now, or None (disabled, or the default path is absent)."""
+        if not self.token_file:
+            return None
+        if self.token_file == DEFAULT_TOKEN_FILE and not os.path.exists(self.token_file):
+            return None
+        return self.token_file
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,9 @@ class CertsConfig:
             raise ValueError(f"`certs.source` must be `sds` or `file`, got {self.source!r}")
         if self.source == "file" and not (self.file.cert and self.file.key and self.file.bundle):
             raise ValueError("`certs.file` needs `cert`, `key` and `bundle` when `certs.source` is `file`")
+        tok = self.sds.token_file
+        if self.source == "sds" and tok and tok != DEFAULT_TOKEN_FILE and not os.path.isfile(tok):
+            raise ValueError(f"`certs.sds.token_file`: {tok} does not exist (set it to \"\" to send no token)")
 
 
 @dataclass(frozen=True)
@@ -180,6 +195,7 @@ class SidecarConfig:
     log_level: str = "info"
     access_log: bool = True               # one JSON line per connection when it closes
     drain_timeout: Duration = Duration(5.0)
+    hot_restart_socket: str = ""          # UDS: take the listening sockets from the process serving it (needs workers: 1)
     buffer_high_water: int = 262144       # bytes queued towards one side before the other side is paused
     buffer_low_water: int = 65536         # … and resumed
     policies: str = ""                    # Istio YAML (file or directory): Authorization + PeerAuthentication
@@ -200,6 +216,9 @@ class SidecarConfig:
                 raise ValueError(f"`trust_domain`: {exc}") from None
         if self.workers < 0:
             raise ValueError("`workers` must be 0 (one per core) or more")
+        if self.hot_restart_socket and self.workers != 1:
+            raise ValueError("`hot_restart_socket` needs `workers: 1` (each worker of several binds its own "
+                             "SO_REUSEPORT socket, which cannot be handed over as one)")
         if not 0 < self.buffer_low_water <= self.buffer_high_water:
             raise ValueError("need 0 < buffer_low_water <= buffer_high_water")
         listeners = list(self.listeners)

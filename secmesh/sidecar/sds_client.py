@@ -29,6 +29,7 @@ log = logging.getLogger("secmesh.sidecar.sds")
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 SOURCE = "sds"
 INVALID_ARGUMENT = 3
+MAX_TOKEN_BYTES = 16 * 1024
 
 
 def _data(ds: Any) -> bytes:
@@ -39,6 +40,25 @@ def _data(ds: Any) -> bytes:
     if which == "inline_string":
         return ds.inline_string.encode()
     raise IdentityError(f"unsupported DataSource `{which}` (only inline data is accepted)", reason="bad_secret")
+
+
+def bearer_metadata(cfg: SdsConfig) -> tuple[tuple[str, str], ...]:
+    """`authorization: Bearer <token>` from the token file, read now (kubelet rotates projected tokens).
+
+    No file configured (or the optional default path absent) → no metadata: an agent serving a
+    single pod attests with its own token file instead. A configured file that cannot be read
+    raises (the stream is retried with backoff); the error never carries the token.
+    """
+    path = cfg.token_path()
+    if path is None:
+        return ()
+    try:
+        token = open(path, "rb").read(MAX_TOKEN_BYTES + 1).decode().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OSError(f"cannot read token file {path}: {exc.__class__.__name__}") from None
+    if not token or len(token) > MAX_TOKEN_BYTES:
+        raise OSError(f"token file {path} is empty or too large")
+    return (("authorization", f"Bearer {token}"),)
 
 
 class SdsClient:
@@ -83,8 +103,9 @@ class SdsClient:
 
         names = [self.cfg.cert_resource, self.cfg.root_resource]
         got_response = False
+        metadata = bearer_metadata(self.cfg)   # re-read on every (re)connect
         async with grpc.aio.insecure_channel(f"unix:{self.cfg.socket}") as channel:
-            call = sds_pb2_grpc.SecretDiscoveryServiceStub(channel).StreamSecrets()
+            call = sds_pb2_grpc.SecretDiscoveryServiceStub(channel).StreamSecrets(metadata=metadata or None)
             await call.write(discovery_pb2.DiscoveryRequest(
                 version_info=self.version, node=base_pb2.Node(id=self.node_id), resource_names=names,
                 type_url=SECRET_TYPE_URL))
