@@ -229,6 +229,8 @@ class Listener:
         elif self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
+
+    def _close_sniffing(self) -> None:
         for fd, (conn, _) in list(self._sniffing.items()):
             self.loop.remove_reader(fd)
             conn.close()
@@ -241,8 +243,11 @@ class Listener:
             drain = getattr(c, "drain", None)
             if drain is not None:
                 drain()
-        while self.ctx.conns and self.loop.time() < deadline:
+        # connections still being sniffed or in their TLS handshake are not in `conns` yet: an accepted
+        # peer gets to finish its handshake (and its exchange) before this process goes away
+        while (self.ctx.conns or self.handshaking or self._sniffing) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+        self._close_sniffing()
         left = list(self.ctx.conns)
         for c in left:
             c.result, c.reason = "drained", "drain timeout"
