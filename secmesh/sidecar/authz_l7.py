@@ -140,7 +140,10 @@ def local_reply(status: int, *, grpc: bool, detail: bytes = b"", policy: str = "
         code = {401: GRPC_UNAUTHENTICATED, 403: GRPC_PERMISSION_DENIED}.get(status, _grpc_code(status))
         return 200, [(b"content-type", b"application/grpc"), (b"grpc-status", code),
                      (b"grpc-message", detail.replace(b"\r", b" ").replace(b"\n", b" "))] + headers, b""
-    body = (detail or REASONS.get(status, b"error")) + b"\n"
+    body = detail or REASONS.get(status, b"error")
+    if name_policy and policy and not detail:
+        body += b" by " + policy.encode()     # Envoy says only "RBAC: access denied"; we say which policy
+    body += b"\n"
     headers += [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="secmesh"'))

@@ -116,7 +116,7 @@ def test_forbidden_path_got_403_naming_the_policy_and_never_reached_the_app(demo
     step = _step(demo, "forbidden")
     label = "ns[shop]-policy[orders-deny-admin]-rule[0]"
     assert step["status"] == 403 and step["denied_by"] == label and step["reached_app"] == 0
-    assert step["body"].strip() == "RBAC: access denied" and step["deny_delta"] == 1
+    assert step["body"].strip() == f"RBAC: access denied by {label}" and step["deny_delta"] == 1
     assert "orders.yaml:" in step["policy_source"]
     assert "403 Forbidden" in demo["out"] and f"x-secmesh-denied-by: {label}" in demo["out"]
     prom = (demo["root"] / "logs" / "orders-sidecar.prom").read_text()

@@ -56,7 +56,7 @@ def test_denied_request_names_the_policy_and_never_reaches_the_app(mesh):
     r = curl("--http1.1", "-i", mesh.url("out-http", "/admin/users"))
     assert r.stdout.startswith("HTTP/1.1 403")
     assert "x-secmesh-denied-by: ns[default]-policy[deny-admin]-rule[0]" in r.stdout
-    assert r.stdout.endswith("RBAC: access denied\n")
+    assert r.stdout.endswith("RBAC: access denied by ns[default]-policy[deny-admin]-rule[0]\n")
     assert len(mesh.app.requests) == seen
     wait_until(lambda: "policies.yaml:" in mesh.log("server"), timeout=5,
                what="the deny log line with file:line:col")

@@ -165,11 +165,12 @@ def test_strict_plaintext_residual_is_final():
 
 def test_http_deny_reply_names_the_policy_unless_off():
     status, headers, body = local_reply(403, grpc=False, policy="ns[a]-policy[b]-rule[0]")
-    assert status == 403 and body == b"RBAC: access denied\n"
+    assert status == 403 and body == b"RBAC: access denied by ns[a]-policy[b]-rule[0]\n"
     assert (DENIED_BY, b"ns[a]-policy[b]-rule[0]") in headers
     assert (b"content-length", str(len(body)).encode()) in headers
-    _, headers, _ = local_reply(403, grpc=False, policy="ns[a]-policy[b]-rule[0]", name_policy=False)
+    _, headers, body = local_reply(403, grpc=False, policy="ns[a]-policy[b]-rule[0]", name_policy=False)
     assert all(n != DENIED_BY for n, _ in headers)
+    assert body == b"RBAC: access denied\n"
 
 
 def test_grpc_deny_is_trailers_only_permission_denied():
