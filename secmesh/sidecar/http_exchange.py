@@ -11,7 +11,6 @@ idempotent request (`upstream.ClusterState.may_retry`), never once a response by
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from time import monotonic
 from typing import Any
@@ -66,7 +65,7 @@ class Exchange:
         self.status = 0
         self.bytes_in = self.bytes_out = 0
         self.done = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Any = None               # asyncio.TimerHandle | l7_flow.Deadline
         self.origin = "upstream"
         self.reason = ""
         self.retrying = False
@@ -108,9 +107,9 @@ class Exchange:
         timeout = route.timeout if route.timeout is not None else float(cluster.cfg.request_timeout)
         gt = grpc_timeout(req.headers) if self.grpc else None
         if gt is not None and (not timeout or gt < timeout):
-            timeout = gt
-        if timeout:
-            self.timer = s.loop.call_later(timeout, self._timed_out)
+            self.timer = s.loop.call_later(gt, self._timed_out) if gt else None  # per-request value: own timer
+        elif timeout:
+            self.timer = env.deadlines.add(timeout, self._timed_out)
         self.max_retries = route.retries if route.retries is not None else cluster.cfg.retries
         cluster.budget.requests += 1
         self._attempt()
@@ -279,9 +278,9 @@ class Exchange:
             s.mark()
             up = self.up
             if up is not None:
-                if s.congested(self.sid):
+                if s.write_paused or (s.multiplexed and s.congested(self.sid)):
                     up.hold(self.usid, n)
-                else:
+                elif up.multiplexed:
                     up.consumed(self.usid, n)
             if ev.end_stream:
                 self._response_done()

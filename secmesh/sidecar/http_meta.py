@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from os import urandom
+from random import getrandbits as _getrandbits
 
 from secmesh.sidecar.codec.headers import h1_to_h2, h2_to_h1
 from secmesh.sidecar.codec.stream import Headers
 
 HTTP1, HTTP2 = "http1", "http2"
 
+_V4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_V4_SET = (0x4 << 76) | (0x2 << 62)
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 
 def request_id() -> bytes:
-    """A random (version 4) UUID as bytes, without building a `uuid.UUID` (a third of the cost)."""
-    h = urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}".encode()
+    """A random (version 4) UUID as bytes, without a `uuid.UUID` or a system call per request.
+
+    A request id correlates log lines; it is no secret, so the process PRNG (seeded from the
+    OS) serves; the version and variant bits are set as RFC 9562 §5.4 says."""
+    h = (_getrandbits(128) & _V4_CLEAR) | _V4_SET
+    return b"%08x-%04x-%04x-%04x-%012x" % (h >> 96, (h >> 80) & 0xFFFF, (h >> 64) & 0xFFFF, (h >> 48) & 0xFFFF,
+                                           h & 0xFFFFFFFFFFFF)
 
 
 def upstream_protocol(cluster: str, listener_default: str, downstream: str, *, grpc: bool, tunnel: bool) -> str:

@@ -33,7 +33,7 @@ from secmesh.sidecar.codec.stream import (
 )
 from secmesh.sidecar.http_exchange import Exchange
 from secmesh.sidecar.l7_config import HttpConfig
-from secmesh.sidecar.l7_flow import CodecSide, Flusher
+from secmesh.sidecar.l7_flow import CodecSide, Deadlines, Flusher
 
 log = logging.getLogger("secmesh.sidecar.http")
 SNIFF_TIMEOUT = 10.0
@@ -62,6 +62,7 @@ class L7Env:
                                       connection_window=cfg.h2_connection_window,
                                       max_header_list_size=cfg.h2_max_header_list,
                                       resets=ResetLimits(limit=cfg.h2_reset_limit))
+        self.deadlines = Deadlines(loop)      # request timeouts (one loop timer per timeout value)
         self.sessions: set[HttpSession] = set()
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one env per listener, lives as long as the worker
@@ -94,6 +95,7 @@ class HttpSession(CodecSide):
         self.residual = residual
         self.on_closed = on_closed
         self.protocol = ""
+        self.alog: str | None = None        # the access log's per-connection part (accesslog._conn_part)
         self.streams: dict[int, Exchange] = {}
         self.requests = 0
         self.touched = True
@@ -201,14 +203,22 @@ class HttpSession(CodecSide):
     # === events ===================================================================================
 
     def _process(self, events: list) -> None:
-        self._queue.extend(events)
-        if self._processing:
+        """Dispatch in order; events produced while dispatching (re-entry) wait in `_queue`."""
+        if not events:
             return
+        q = self._queue
+        if self._processing or q:
+            q.extend(events)
+            if self._processing:
+                return
+            events = ()
         self._processing = True
         try:
-            q = self._queue
+            dispatch = self._dispatch
+            for ev in events:
+                dispatch(ev)
             while q:
-                self._dispatch(q.popleft())
+                dispatch(q.popleft())
         finally:
             self._processing = False
 

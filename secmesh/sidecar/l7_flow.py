@@ -19,7 +19,8 @@ events one read produced go out in one `transport.write` per connection.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections import deque
+from typing import Any, Callable
 
 
 class Flusher:
@@ -120,3 +121,76 @@ class CodecSide:
                 t.pause_reading()
             else:
                 t.resume_reading()
+
+
+class Deadline:
+    """One request's timeout in a `Deadlines` queue; `cancel()` as a TimerHandle's."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn: Callable[[], None] | None = fn
+
+    def cancel(self) -> None:
+        self.fn = None
+
+
+class Deadlines:
+    """Request timeouts without one event-loop timer per request.
+
+    A listener's requests mostly share a few timeout values (the route's or cluster's), so per
+    value the deadlines come in order: a FIFO per value and one loop timer at its head's
+    deadline. Adding is an append (finished entries at the head are dropped then); cancelling
+    clears the entry. Per-request values (a gRPC deadline) belong on `loop.call_later`.
+    """
+
+    __slots__ = ("loop", "_queues")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._queues: dict[float, _DeadlineQueue] = {}
+
+    def add(self, timeout: float, fn: Callable[[], None]) -> Deadline:
+        q = self._queues.get(timeout)
+        if q is None:
+            q = self._queues[timeout] = _DeadlineQueue(self.loop, timeout)
+        return q.add(fn)
+
+
+class _DeadlineQueue:
+    __slots__ = ("loop", "timeout", "items", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.items: deque[tuple[float, Deadline]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, fn: Callable[[], None]) -> Deadline:
+        d = Deadline(fn)
+        items = self.items
+        while items and items[0][1].fn is None:
+            items.popleft()
+        items.append((self.loop.time() + self.timeout, d))
+        if self.timer is None:
+            self.timer = self.loop.call_at(items[0][0], self._fire)
+        return d
+
+    def _fire(self) -> None:
+        self.timer = None
+        items = self.items
+        now = self.loop.time()
+        try:
+            while items:
+                at, d = items[0]
+                fn = d.fn
+                if fn is not None:
+                    if at > now:
+                        break
+                    d.fn = None
+                items.popleft()
+                if fn is not None:
+                    fn()
+        finally:                         # (a failing callback must not strand the ones behind it)
+            if items and self.timer is None:
+                self.timer = self.loop.call_at(items[0][0], self._fire)

@@ -48,10 +48,29 @@ def _keep_te(value: bytes) -> bool:
 
 
 def strip_hop_by_hop(headers: Headers, *, keep_te_trailers: bool = True, keep_upgrade: bool = False) -> Headers:
-    """Drop hop-by-hop fields and those named in `Connection`; `keep_upgrade` for WebSocket."""
-    drop = _dropper(headers, keep_upgrade)
-    return [(n, v) for n, v in headers
-            if n not in drop or (n == b"te" and keep_te_trailers and _keep_te(v))]
+    """Drop hop-by-hop fields and those named in `Connection`; `keep_upgrade` for WebSocket.
+
+    One pass drops the fixed set; names a `Connection` field lists are filtered out afterwards,
+    only when it lists any beyond that set (`Connection: keep-alive`, the usual one, does not)."""
+    out: Headers = []
+    listed = False
+    for n, v in headers:
+        if n in HOP_BY_HOP:
+            if n == b"connection":
+                if not listed and v.lower() != b"keep-alive":
+                    listed = True
+            elif n == b"te":
+                if keep_te_trailers and _keep_te(v):
+                    out.append((n, v))
+            elif n == b"upgrade" and keep_upgrade:
+                out.append((n, v))
+        else:
+            out.append((n, v))
+    if listed:
+        extra = _connection_listed(headers) - HOP_BY_HOP
+        if extra:
+            out = [(n, v) for n, v in out if n not in extra]
+    return out
 
 
 def _quote(value: str) -> bytes:
@@ -106,14 +125,22 @@ def ensure_request_id(headers: Headers, make_id: Callable[[], bytes] = new_reque
 def forward_request_headers(headers: Headers, *, xfcc: bytes | None, client_ip: str | bytes | None,
                             make_id: Callable[[], bytes] = new_request_id,
                             keep_upgrade: bool = False) -> tuple[Headers, bytes]:
-    """Everything above in one pass: → (headers for the upstream, request id)."""
-    drop = _dropper(headers, keep_upgrade)
+    """Everything above in one pass: → (headers for the upstream, request id).
+
+    `Connection`-listed names are only known once the whole list is seen, so the single pass
+    drops the fixed hop-by-hop set and, in the rare case a `Connection` field named others,
+    filters those out afterwards (the same result as computing the drop set first)."""
     out: Headers = []
     xff: list[bytes] = []
     rid = b""
+    listed = False
     for n, v in headers:
-        if n in drop:
-            if n == b"te" and _keep_te(v):
+        if n in HOP_BY_HOP:
+            if n == b"connection":
+                listed = True
+            elif n == b"te" and _keep_te(v):
+                out.append((n, v))
+            elif n == b"upgrade" and keep_upgrade:
                 out.append((n, v))
         elif n == XFCC:
             continue
@@ -124,6 +151,10 @@ def forward_request_headers(headers: Headers, *, xfcc: bytes | None, client_ip: 
                 rid = v
         else:
             out.append((n, v))
+    if listed:
+        extra = _connection_listed(headers) - HOP_BY_HOP
+        if extra:
+            out = [(n, v) for n, v in out if n not in extra]
     if client_ip is not None:
         xff.append(client_ip.encode() if isinstance(client_ip, str) else client_ip)
     if xff:

@@ -23,7 +23,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from secmesh.sidecar.codec.http1_response import ResponseWriter
 from secmesh.sidecar.codec.http1_head import (
-    IGNORED_UPGRADE, TUNNEL, HeadFacts, Refusal, RequestMeta, judge_head, parser_error_reason,
+    IGNORED_UPGRADE, TUNNEL, Refusal, RequestMeta, accept_head, parser_error_reason,
 )
 from secmesh.sidecar.codec.http1_wire import DEFAULT_LIMITS, H1Limits
 from secmesh.sidecar.codec.stream import (
@@ -220,11 +220,11 @@ class H1ServerCodec:
         self._in_head = False
         p = self._parser
         method = p.get_method()
-        verdict = judge_head(HeadFacts(
-            method, p.get_http_version(), b"".join(self._url), self._hosts, self._te is not None, self._cl,
-            p.should_upgrade(), self._upgrade_token), self._limits.max_body, self._allowed_upgrades,
-            self._allow_connect)
-        if isinstance(verdict, Refusal):
+        url = self._url
+        verdict = accept_head(method, p.get_http_version(), url[0] if len(url) == 1 else b"".join(url), self._hosts,
+                              self._te is not None, self._cl, p.should_upgrade(), self._upgrade_token,
+                              self._limits.max_body, self._allowed_upgrades, self._allow_connect)
+        if type(verdict) is Refusal:
             self._abort(verdict.status, verdict.reason, verdict.detail)
         version, authority, path, kind, proto = verdict
         if kind == IGNORED_UPGRADE:                      # e.g. h2c: served as plain HTTP/1.1

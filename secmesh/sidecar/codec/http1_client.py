@@ -250,6 +250,7 @@ class H1ClientCodec:
         self._head_end = False
         self._until_close = False
         self._chunked = False
+        self._cl: bytes | None = None
 
     def on_message_begin(self) -> None:
         self._reset_message()
@@ -258,7 +259,8 @@ class H1ClientCodec:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._n_fields += 1
         self._head_bytes += len(name) + len(value) + 4
-        if self._n_fields > self._limits.max_headers or self._head_bytes > self._limits.max_header_bytes:
+        limits = self._limits
+        if self._n_fields > limits.max_headers or self._head_bytes > limits.max_header_bytes:
             self._fail(Reason.HEADERS_TOO_LARGE, "response head over the limits")
             raise _Abort
         name = name.lower()
@@ -269,6 +271,8 @@ class H1ClientCodec:
         elif name == b"transfer-encoding":
             self._chunked = value.rstrip().lower().endswith(b"chunked")   # framing, not forwarded
         else:
+            if name == b"content-length" and self._cl is None:
+                self._cl = value                     # the first one, as the header scan did
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -289,7 +293,7 @@ class H1ClientCodec:
             self._tunnel = sid
             self._in_message = False
             return
-        cl = next((v for n, v in self._headers if n == b"content-length"), None)
+        cl = self._cl
         end = req.method == b"HEAD" or status in NO_BODY_STATUSES or cl == b"0"
         self._head_end = end
         self._until_close = cl is None and not end and not self._chunked

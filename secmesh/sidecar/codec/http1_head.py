@@ -83,6 +83,18 @@ def judge_head(h: HeadFacts, max_body: int | None, allowed_upgrades: frozenset[b
     return Accepted(version, target[0], target[1], kind, proto)
 
 
+def accept_head(method: bytes, version: str, target: bytes, hosts: list[bytes], chunked: bool,
+                content_length: int | None, upgrade: bool, upgrade_token: bytes, max_body: int | None,
+                allowed_upgrades: frozenset[bytes], allow_connect: bool) -> Accepted | Refusal:
+    """`judge_head` on the parser's facts; the common case (HTTP/1.1, one Host, origin-form target,
+    no Upgrade/CONNECT, length within the limit) is accepted without building `HeadFacts`."""
+    if (version == "1.1" and len(hosts) == 1 and not upgrade and target[:1] == b"/"
+            and (max_body is None or content_length is None or content_length <= max_body)):
+        return Accepted(b"1.1", hosts[0], target, NORMAL, b"")
+    return judge_head(HeadFacts(method, version, target, hosts, chunked, content_length, upgrade, upgrade_token),
+                      max_body, allowed_upgrades, allow_connect)
+
+
 def request_target(method: bytes, target: bytes, host: bytes) -> tuple[bytes, bytes] | None:
     """(authority, path) from a request-target (RFC 9112 §3.2) and the Host value; None if bad.
 
