@@ -11,11 +11,11 @@ Never logged: tokens, cookies, bodies; the path is cut at 2 KiB.
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from json.encoder import encode_basestring_ascii as _q
 from typing import Any, Callable, TextIO
+
+from secmesh.sidecar.connlog import BatchedLog
 
 _LOGGER = "secmesh.sidecar.access"
 # The line, key order as `request_record`; every string goes through the C JSON string encoder.
@@ -70,29 +70,12 @@ def _conn_part(ex: Any) -> str:
     return part
 
 
-class AccessLog:
+class AccessLog(BatchedLog):
     """Batched JSON lines on `stream` (stderr by default, where `secmesh.log` writes)."""
 
     def __init__(self, loop: Any, stream: TextIO | None = None, *, interval: float = 0.05,
                  clock: Callable[[], float] = time.time) -> None:
-        self.loop = loop
-        self.stream = stream
-        self.interval = interval
-        self.clock = clock
-        self.enabled = logging.getLogger(_LOGGER).isEnabledFor(logging.INFO)
-        self._buf: list[str] = []
-        self._size = 0
-        self._timer: Any = None
-        self._sec = -1
-        self._prefix = ""
-
-    def _ts(self) -> str:
-        now = self.clock()
-        sec = int(now)
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{int((now - sec) * 1000):03d}+00:00"
+        super().__init__(loop, stream, logger=_LOGGER, interval=interval, clock=clock)
 
     def line(self, ex: Any) -> str:
         """`request_record(ex)` as one JSON line, formatted directly (a third of `json.dumps`' cost)."""
@@ -110,28 +93,3 @@ class AccessLog:
             "null" if v is None else ('"allow"' if v.allowed else '"deny"'),
             _q(v.policy) if v is not None and v.policy else "null", "null" if v is None else _qn(v.code),
             _q(ex.reason) if ex.reason else "null")
-
-    def emit(self, ex: Any) -> None:
-        if not self.enabled:
-            return
-        text = self.line(ex)
-        self._buf.append(text)
-        self._size += len(text)
-        if self._size >= 65536:
-            self.flush()
-        elif self._timer is None:
-            self._timer = self.loop.call_later(self.interval, self.flush)
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._buf:
-            return
-        data, self._buf, self._size = "".join(self._buf), [], 0
-        stream = self.stream or sys.stderr
-        try:
-            stream.write(data)
-            stream.flush()
-        except (OSError, ValueError):
-            pass

@@ -20,14 +20,19 @@ LOGGER = "secmesh.sidecar.access"
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
-class ConnectionLog:
-    def __init__(self, loop: Any, stream: TextIO | None = None, *, interval: float = 0.05,
+class BatchedLog:
+    """Lines written in batches from the event loop; subclasses say how one item becomes a line.
+
+    Shared by the per-connection log (here) and the per-request access log (`accesslog.py`).
+    """
+
+    def __init__(self, loop: Any, stream: TextIO | None = None, *, logger: str = LOGGER, interval: float = 0.05,
                  clock: Callable[[], float] = time.time) -> None:
         self.loop = loop
         self.stream = stream
         self.interval = interval
         self.clock = clock
-        self.enabled = logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
+        self.enabled = logging.getLogger(logger).isEnabledFor(logging.INFO)
         self._buf: list[str] = []
         self._size = 0
         self._timer: Any = None
@@ -43,15 +48,13 @@ class ConnectionLog:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         return f"{self._prefix}.{int((now - sec) * 1000):03d}+00:00"
 
-    def line(self, fields: dict[str, Any]) -> str:
-        head: dict[str, Any] = {"ts": self._ts(), "level": "info", "logger": LOGGER, "msg": "connection"}
-        head.update(fields)
-        return _encode(head) + "\n"
+    def line(self, item: Any) -> str:
+        raise NotImplementedError
 
-    def emit(self, fields: dict[str, Any]) -> None:
+    def emit(self, item: Any) -> None:
         if not self.enabled:
             return
-        text = self.line(fields)
+        text = self.line(item)
         self._buf.append(text)
         self._size += len(text)
         if self._size >= 65536:
@@ -72,3 +75,10 @@ class ConnectionLog:
             stream.flush()
         except (OSError, ValueError):   # a closed or broken log stream must not break the data path
             pass
+
+
+class ConnectionLog(BatchedLog):
+    def line(self, fields: dict[str, Any]) -> str:
+        head: dict[str, Any] = {"ts": self._ts(), "level": "info", "logger": LOGGER, "msg": "connection"}
+        head.update(fields)
+        return _encode(head) + "\n"
