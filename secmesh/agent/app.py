@@ -189,6 +189,9 @@ async def serve(config: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP must not kill the agent: it re-reads its token file and CA roots by itself
+    loop.add_signal_handler(signal.SIGHUP, log_event, _log, logging.INFO,
+                            "SIGHUP ignored: the agent re-reads its token file and CA roots by itself")
     await agent.start()
     await stop.wait()
     log_event(_log, logging.INFO, "agent stopping")

@@ -226,6 +226,9 @@ async def serve(config: ServeConfig, *, clock: Clock = SYSTEM_CLOCK, link: Any =
     # a worker leaves SIGINT (Ctrl-C reaches the whole process group) to its parent
     for sig in (signal.SIGTERM,) if link is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    # SIGHUP (a reload habit, or a closed terminal) must not kill the CA: it already follows its directory
+    loop.add_signal_handler(signal.SIGHUP, log_event, _log, logging.INFO,
+                            "SIGHUP ignored: the CA reloads its directory by itself (--reload-interval)")
     admin = None
     if config.admin and link is None:
         admin_host, admin_port = parse_hostport(config.admin, what="admin")

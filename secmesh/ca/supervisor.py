@@ -204,6 +204,8 @@ async def supervise(config: ServeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, log_event, _log, logging.INFO,
+                            "SIGHUP ignored: the CA reloads its directory by itself (--reload-interval)")
     await sup.start_all()
     admin = None
     if config.admin:
