@@ -90,7 +90,9 @@ class Sidecar:
         self._tasks: list[asyncio.Task[Any]] = []
 
     def is_ready(self) -> bool:
-        return self.store.material is not None and bool(self.listeners) and all(
+        # an expired certificate (agent unreachable past the leaf's lifetime) makes every handshake fail:
+        # report it, so the orchestrator stops routing here instead of seeing a healthy pod
+        return self.store.material is not None and not self.store.expired() and bool(self.listeners) and all(
             lst.accepting for lst in self.listeners)
 
     def request_stop(self) -> None:

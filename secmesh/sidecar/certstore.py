@@ -71,6 +71,11 @@ class CertStore:
             self.ready.set()
             metrics.READY.set(1)
 
+    def expired(self) -> bool:
+        """True when the certificate held has run out: handshakes with it fail, so the sidecar is not ready."""
+        m = self.material
+        return m is not None and m.not_after <= self.clock.now()
+
     def _leaf_ttl(self) -> float:
         m = self.material
         return (m.not_after - self.clock.now()).total_seconds() if m else 0.0
