@@ -13,9 +13,9 @@ export GRPC_VERBOSITY ?= ERROR
 .PHONY: all test demo ca-demo proto bench lint-policies clean-venv help
 
 help:
-	@echo "make demo     - run the whole mesh on loopback: CA, agents, sidecars; allowed, denied, plaintext, rotation"
+	@echo "make demo     - the whole mesh on loopback: allowed (XFCC), forbidden path (403), denied identity, plaintext refused, rotation"
 	@echo "make ca-demo  - the CA alone: init, issue, verify with openssl, revoke, CRL, SPIFFE bundle"
-	@echo "make test     - run the whole test suite (unit, conformance, fuzz, integration)"
+	@echo "make test     - run the whole test suite (unit, conformance, fuzz, integration, e2e)"
 	@echo "make proto    - regenerate the gRPC stubs from secmesh/proto/*.proto"
 	@echo "make lint-policies - lint and test the policies in policies/ with secmesh itself"
 	@echo "make bench    - run the benchmarks in bench/ (sidecar: bench/sidecar.sh, needs haproxy nginx wrk)"
