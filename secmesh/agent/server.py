@@ -94,10 +94,19 @@ class SocketClaim:
             self._lock_fd = None
 
 
+MAX_STREAMS = 100000
+
+
 async def start_server(claim: SocketClaim, handlers: list[grpc.GenericRpcHandler],
                        services: list) -> grpc.aio.Server:
     """Bind and start the grpc.aio server on the claimed path; `services` are (register_fn, servicer)."""
-    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100000)])  # istio-agent's limit
+    # gRPC core sheds calls that arrive faster than the application accepts them: past
+    # `max_pending_requests` (default 1000) unaccepted calls it cancels new ones at random, all of
+    # them past the hard limit (3000), before any handler runs (nothing logged). A burst of Envoy
+    # streams reconnecting after an agent restart is such a wave, so it gets the stream limit.
+    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", MAX_STREAMS),  # istio-agent's limit
+                                      ("grpc.server.max_pending_requests", MAX_STREAMS),
+                                      ("grpc.server.max_pending_requests_hard_limit", MAX_STREAMS)])
     for register, servicer in services:
         register(server, servicer)
     if handlers:

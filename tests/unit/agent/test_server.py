@@ -99,3 +99,46 @@ def test_socket_mode_is_set_exactly(sockdir: Path, mode: int) -> None:
         asyncio.run(main())
     finally:
         os.umask(old)
+
+
+def test_a_burst_of_streams_beyond_core_pending_limit_is_served(sockdir: Path) -> None:
+    """2,000 streams opened at once (Envoys reconnecting after a restart): gRPC core's default
+    pending-call limit (1000 soft, 3000 hard) would cancel some before any handler ran."""
+    import grpc
+    import grpc.aio
+
+    path = sockdir / "socket"
+    n = 2000
+
+    async def echo(request_iterator, context):  # noqa: ANN001, ANN202
+        async for item in request_iterator:
+            yield item
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Burst", {"Echo": grpc.stream_stream_rpc_method_handler(echo)})
+
+    async def one(channel: grpc.aio.Channel) -> bytes:
+        call = channel.stream_stream("/test.Burst/Echo")()
+        await call.write(b"x")
+        reply = await call.read()
+        call.cancel()
+        return reply
+
+    async def main() -> None:
+        claim = SocketClaim(path, 0o600)
+        claim.acquire()
+        server = await start_server(claim, [handler], [])
+        channels = [grpc.aio.insecure_channel(f"unix:{path}", options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(4)]
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(one(channels[i % 4]) for i in range(n)), return_exceptions=True), 60)
+            failed = [r for r in results if not isinstance(r, bytes)]
+            assert not failed, f"{len(failed)} of {n} streams failed, first: {failed[0]!r}"
+        finally:
+            for c in channels:
+                await c.close()
+            await server.stop(0)
+            claim.release()
+
+    asyncio.run(main())
