@@ -21,20 +21,12 @@ from secmesh.errors import PolicyError
 from secmesh.policy.attrs import RequestAttrs
 from secmesh.policy.decision import Decision, RuleRef
 from secmesh.policy.normalize import PathNormalization, normalize_path
+from secmesh.sidecar.authz_policy import policy_label
 from secmesh.sidecar.codec.stream import Headers, RequestHeaders
 
 DENIED_BY = b"x-secmesh-denied-by"
 GRPC_PERMISSION_DENIED = b"7"
 GRPC_UNAUTHENTICATED = b"16"
-
-
-def policy_label(ref: RuleRef | None) -> str:
-    """Envoy's RBAC id for the rule that decided (metric label, header, log field)."""
-    if ref is None:
-        return ""
-    if ref.rule is None:
-        return f"ns[{ref.namespace}]-peerauthentication[{ref.name}]"
-    return ref.envoy_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,12 +253,7 @@ class InboundConnection(_Downstream):
         sslobj = t.get_extra_info("ssl_object")  # type: ignore[union-attr]
         if self.is_tls:
             try:
-                peercert = t.get_extra_info("peercert")  # type: ignore[union-attr]
-                if sslobj is not None and sslobj.session_reused:
-                    ctx.m_resumed.inc()
-                    self.tls_resumed = True
-                    check_resumed_peer(peercert, time.time())
-                sid = peer_spiffe_id(peercert, ctx.trust_domain)
+                sid = _verified_peer(self, t, sslobj)
             except IdentityError as exc:
                 metrics.handshake_failures(ctx.name, exc.reason).inc()
                 self.fail("denied", exc.message)
@@ -296,12 +291,7 @@ class OutboundConnection(_Downstream):
         t = up.transport
         sslobj = t.get_extra_info("ssl_object")  # type: ignore[union-attr]
         try:
-            peercert = t.get_extra_info("peercert")  # type: ignore[union-attr]
-            if sslobj is not None and sslobj.session_reused:
-                ctx.m_resumed.inc()
-                self.tls_resumed = True
-                check_resumed_peer(peercert, time.time())
-            sid = peer_spiffe_id(peercert, ctx.trust_domain)
+            sid = _verified_peer(self, t, sslobj)
         except IdentityError as exc:
             metrics.handshake_failures(ctx.name, "upstream_" + exc.reason).inc()
             self.fail("upstream_failed", f"upstream identity: {exc.message}")
@@ -318,6 +308,21 @@ class OutboundConnection(_Downstream):
             ctx.loop.call_later(0.02, _capture_session, ctx.loop, slot, sslobj, 0.02)
         t.pause_reading()  # type: ignore[union-attr]
         self.splice(up)
+
+
+def _verified_peer(conn: Any, transport: Any, sslobj: Any) -> Any:
+    """The peer's SPIFFE ID on a finished TLS handshake, either direction; raises IdentityError.
+
+    A resumed session is counted and its peer certificate re-checked for expiry (a ticket can
+    outlive the certificate it was issued with).
+    """
+    ctx = conn.ctx
+    peercert = transport.get_extra_info("peercert")
+    if sslobj is not None and sslobj.session_reused:
+        ctx.m_resumed.inc()
+        conn.tls_resumed = True
+        check_resumed_peer(peercert, time.time())
+    return peer_spiffe_id(peercert, ctx.trust_domain)
 
 
 def _capture_session(loop: asyncio.AbstractEventLoop, slot: Any, sslobj: Any, delay: float) -> None:
