@@ -70,7 +70,7 @@ class ConnContext:
         self.set_nodelay = _UVLOOP is None or not isinstance(self.loop, _UVLOOP)
 
 
-def _nodelay(transport: asyncio.BaseTransport) -> None:
+def nodelay(transport: Any) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
@@ -117,7 +117,7 @@ class _Downstream(Pipe):
         ctx.m_accepted.inc()
         ctx.m_active.inc()
         if ctx.set_nodelay:
-            _nodelay(transport)
+            nodelay(transport)
         if not self.begin():
             self._setup_done = True
             return
@@ -179,7 +179,7 @@ class _Downstream(Pipe):
             up.abort()
             return None
         if self.ctx.set_nodelay:
-            _nodelay(up.transport)  # type: ignore[arg-type]
+            nodelay(up.transport)
         self.upstream_pipe = up
         return up
 

@@ -15,7 +15,6 @@ SPIFFE ID read from its URI SAN (`tls.peer_spiffe_id`) and required to be one of
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from typing import Any
 
@@ -25,6 +24,7 @@ from secmesh.sidecar import l7_metrics
 from secmesh.sidecar.codec.http1_client import H1ClientCodec
 from secmesh.sidecar.codec.http2 import H2ClientCodec, H2Settings
 from secmesh.sidecar.codec.stream import ConnectionError, ErrorCode, GoAway, Reason, StreamReset, StreamWritable
+from secmesh.sidecar.connection import nodelay
 from secmesh.sidecar.l7_flow import CodecSide, Flusher
 from secmesh.sidecar.l7_tls import AlpnContexts
 from secmesh.sidecar.tls import classify_handshake_error, peer_spiffe_id
@@ -42,14 +42,6 @@ class UpstreamFailure(Exception):
         super().__init__(detail)
         self.reason = reason
 
-
-def nodelay(transport: Any) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 class UpstreamConn(asyncio.Protocol, CodecSide):
