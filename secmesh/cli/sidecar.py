@@ -38,12 +38,16 @@ def _load_policies(config: Any) -> Any:
         sys.exit(2)
 
 
-def _take_over(config: Any) -> Any:
-    """Hot restart: the previous process's listening sockets (those whose address still matches), or None."""
+def _take_over(config: Any, count: int) -> Any:
+    """Hot restart: the previous process's listening sockets (those whose address still matches), or None.
+
+    Names are `admin`, `<listener>` (a single-worker predecessor) or `<listener>/<i>` (worker i of a
+    supervisor). A single-worker successor keeps worker 0's socket of each listener.
+    """
     if not config.hot_restart_socket:
         return None
     from secmesh.sidecar.config import split_host_port
-    from secmesh.sidecar.hot_restart import take_over
+    from secmesh.sidecar.hot_restart import split_name, take_over
 
     try:
         inherited = take_over(config.hot_restart_socket)
@@ -57,27 +61,90 @@ def _take_over(config: Any) -> Any:
     if config.admin.enabled and config.admin.address:
         wanted["admin"] = config.admin.address
     for name, sock in list(inherited.sockets.items()):
-        address = wanted.get(name)
-        if address is None or split_host_port(address, what=name)[1] not in (0, sock.getsockname()[1]):
+        base, index = split_name(name)
+        address = wanted.get(base)
+        if address is None or split_host_port(address, what=base)[1] not in (0, sock.getsockname()[1]) or \
+                (count == 1 and index != 0):
             sock.close()                      # renamed or moved: bind afresh; the old process drains it
             del inherited.sockets[name]
+        elif count == 1 and name != base:
+            inherited.sockets[base] = inherited.sockets.pop(name)
     return inherited
 
 
 def _start(config: Any) -> None:
     from secmesh import log as slog
-    from secmesh.sidecar.app import run_worker
-    from secmesh.sidecar.preflight import check_ports
-    from secmesh.sidecar.workers import run_workers
 
     slog.setup(config.log_level)
+    count = config.worker_count
+    runtime = None
+    if count > 1:   # whole-sidecar /metrics and /ready: set up before anything imports the metrics
+        from secmesh.sidecar.worker_state import RuntimeDir
+
+        runtime = RuntimeDir.create(count)
+    try:
+        code = _serve(config, count, runtime)
+    finally:
+        if runtime is not None:
+            runtime.remove()
+    sys.exit(code)
+
+
+def _serve(config: Any, count: int, runtime: Any) -> int:
+    from secmesh.sidecar.app import run_worker
+    from secmesh.sidecar.hot_restart import split_name
+    from secmesh.sidecar.preflight import check_ports
+
     policies = _load_policies(config)
-    inherited = _take_over(config)
-    problem = check_ports(config, skip=frozenset(inherited.sockets) if inherited is not None else frozenset())
+    inherited = _take_over(config, count)
+    skip = frozenset(split_name(n)[0] for n in inherited.sockets) if inherited is not None else frozenset()
+    problem = check_ports(config, skip=skip)
     if problem is not None:
         click.echo(f"secmesh sidecar: {problem}", err=True)
         sys.exit(1)
-    sys.exit(run_workers(config.worker_count, lambda i: run_worker(config, i, policies, inherited)))
+    if runtime is None:
+        return run_worker(config, 0, policies, inherited)
+    return _supervise(config, count, runtime, policies, inherited)
+
+
+def _supervise(config: Any, count: int, runtime: Any, policies: Any, inherited: Any) -> int:
+    """N > 1: bind every socket here, fork N workers on them, and (hot restart) swap them as a whole."""
+    import logging
+    import os
+
+    from prometheus_client.multiprocess import mark_process_dead
+
+    from secmesh.log import log_event
+    from secmesh.sidecar.app import run_worker
+    from secmesh.sidecar.hot_restart import SupervisorHandOver
+    from secmesh.sidecar.preflight import describe_bind_error
+    from secmesh.sidecar.workers import Supervisor, bind_all, worker_sockets
+
+    try:
+        sockets = bind_all(config, count, inherited.sockets if inherited is not None else {})
+    except OSError as exc:
+        click.echo(f"secmesh sidecar: {describe_bind_error('listeners', 'a configured address', exc)}", err=True)
+        sys.exit(1)
+    def worker(index: int) -> int:   # runs in the forked child
+        if inherited is not None:
+            inherited.conn.close()       # the hand-over conversation is the supervisor's
+        return run_worker(config, index, policies, sockets=worker_sockets(sockets, index), runtime=runtime)
+
+    sup = Supervisor(count, worker, on_exit=runtime.forget)
+    handover = None
+    if config.hot_restart_socket:
+        handover = SupervisorHandOver(config.hot_restart_socket, sockets, inherited, runtime.all_ready, sup.stop)
+        sup.on_started = handover.start
+    mark_process_dead(os.getpid(), runtime.path)   # the supervisor's own (import-time) gauges are nobody's
+    log_event(logging.getLogger("secmesh.sidecar.workers"), logging.INFO, "runtime directory (readiness, metrics)",
+              runtime_dir=runtime.path, workers=count)
+    try:
+        return sup.run()
+    finally:
+        if handover is not None:
+            handover.close()
+        for sock in sockets.values():
+            sock.close()
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,7 +155,7 @@ def _start(config: Any) -> None:
 @click.option("--policies", help="Istio policy YAML (file or directory): AuthorizationPolicy + PeerAuthentication.")
 @click.option("--root-namespace", help="Mesh-wide policy namespace [istio-system].")
 @click.option("--hot-restart-socket", help="UDS for hot restart: take the listening sockets from the process "
-              "serving it, then make it drain (needs workers 1).")
+              "serving it, then make it drain (with several workers, the supervisor hands over all of them).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, workers: int | None, log_level: str | None,
         admin_address: str | None, policies: str | None, root_namespace: str | None,
@@ -130,7 +197,7 @@ def _common(fn: Any) -> Any:
         click.option("--handshake-timeout", default="10s", show_default=True),
         click.option("--max-connections", default=10000, show_default=True, type=int),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"),
-        click.option("--protocol", type=click.Choice(["tcp", "http"]), default="tcp", show_default=True,
+        click.option("--protocol", type=click.Choice(["tcp", "http", "auto"]), default="tcp", show_default=True,
                      help="tcp: L4 splice; http: L7 (HTTP/1.1, HTTP/2, gRPC) with per-request authz."),
         click.option("--upstream-protocol", type=click.Choice(["auto", "http1", "http2"]), default="auto",
                      show_default=True, help="protocol http: what to speak upstream (auto: as the client does; "

@@ -3,6 +3,12 @@
 A deliberately tiny HTTP/1.x responder on an asyncio Protocol: one request per connection,
 GET only, no keep-alive. It never shows a private key; /certs shows the SPIFFE ID, expiry and
 fingerprint of what is held.
+
+With `--workers N` it runs in worker 0 but speaks for the whole sidecar through the supervisor's
+runtime directory (`worker_state.RuntimeDir`): `/metrics` merges every worker's values, `/ready`
+is 200 only when every worker holds a certificate and listens, `/live` when the supervisor and
+every worker are alive. `/certs`, `/policies` and `/clusters` stay worker 0's own view (every
+worker loads the same sources).
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ import dataclasses
 import json
 import logging
 from enum import Enum
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from secmesh.metrics import exposition
 from secmesh.sidecar.certstore import CertStore
 from secmesh.sidecar.config import SidecarConfig
+
+if TYPE_CHECKING:
+    from secmesh.sidecar.worker_state import RuntimeDir
 
 log = logging.getLogger("secmesh.sidecar.admin")
 MAX_REQUEST = 8192
@@ -36,8 +45,9 @@ class AdminState:
     """What the endpoints report; `is_ready` is a callable so the app decides what ready means."""
 
     def __init__(self, config: SidecarConfig, store: CertStore, is_ready: Callable[[], bool],
-                 policies: Any = None) -> None:
+                 policies: Any = None, *, runtime: RuntimeDir | None = None) -> None:
         self.config = config
+        self.runtime = runtime     # N > 1: every worker's readiness and metrics
         self.store = store
         self.is_ready = is_ready
         self.policies = policies   # PolicySource or None
@@ -48,11 +58,14 @@ class AdminState:
             return 405, "text/plain", b"method not allowed\n"
         path = path.split("?", 1)[0]
         if path == "/ready":
-            return (200, "text/plain", b"ready\n") if self.is_ready() else (503, "text/plain", b"not ready\n")
+            return self._ready()
         if path == "/live":
+            if self.runtime is not None and not self.runtime.all_live():
+                return 503, "text/plain", b"not live: " + self._workers(lambda w: w.alive) + b"\n"
             return 200, "text/plain", b"live\n"
         if path == "/metrics":
-            return 200, "text/plain; version=0.0.4; charset=utf-8", exposition()
+            body = self.runtime.exposition() if self.runtime is not None else exposition()
+            return 200, "text/plain; version=0.0.4; charset=utf-8", body
         if path == "/config_dump":
             body = json.dumps(_jsonable(dataclasses.asdict(self.config)), indent=2, default=str)
             return 200, "application/json", body.encode() + b"\n"
@@ -72,6 +85,19 @@ class AdminState:
             doc = self.clusters() if self.clusters is not None else {}
             return 200, "application/json", json.dumps(doc, indent=2).encode() + b"\n"
         return 404, "text/plain", b"not found\n"
+
+    def _ready(self) -> tuple[int, str, bytes]:
+        if not self.is_ready():
+            return 503, "text/plain", b"not ready\n"
+        if self.runtime is not None and not self.runtime.all_ready():
+            return 503, "text/plain", b"not ready: " + self._workers(lambda w: w.ready) + b"\n"
+        return 200, "text/plain", b"ready\n"
+
+    def _workers(self, ok: Callable[[Any], bool]) -> bytes:
+        """`worker 1 (pid 123)`: the workers that fail `ok`, for a human reading a probe's output."""
+        assert self.runtime is not None
+        bad = [f"worker {w.index} (pid {w.pid or '-'})" for w in self.runtime.workers() if not ok(w)]
+        return (", ".join(bad) or "supervisor").encode()
 
     def _policies(self) -> dict[str, Any]:
         """The policy set in force (counts, version, last reload error) and each inbound port's mode."""

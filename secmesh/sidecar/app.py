@@ -40,6 +40,7 @@ from secmesh.sidecar.tls import ContextHolder
 
 if TYPE_CHECKING:
     from secmesh.sidecar.hot_restart import Inherited
+    from secmesh.sidecar.worker_state import RuntimeDir
     from secmesh.sidecar.policy_source import PolicySnapshot, PolicySource
 
 log = logging.getLogger("secmesh.sidecar")
@@ -53,7 +54,7 @@ def authorizer_for(cfg: ListenerConfig, policies: PolicySource | None = None) ->
         from secmesh.sidecar.authz_policy import PolicyAuthorizer
 
         return PolicyAuthorizer(policies, listener=cfg.name, protocol=cfg.protocol, port=cfg.policy_port,
-                                l7_available=cfg.protocol == "http")
+                                l7_available=cfg.is_l7)
     return AllowList(cfg.allow_principals, allow_all=cfg.allow_all, name=f"{cfg.name}/allow_principals")
 
 
@@ -67,9 +68,12 @@ def mode_fn_for(cfg: ListenerConfig, policies: PolicySource | None) -> Callable[
 
 class Sidecar:
     def __init__(self, config: SidecarConfig, *, worker: int = 0, policies: PolicySnapshot | None = None,
-                 inherited: Inherited | None = None) -> None:
+                 inherited: Inherited | None = None, sockets: dict[str, socket.socket] | None = None,
+                 runtime: RuntimeDir | None = None) -> None:
         self.config = config
         self.inherited = inherited
+        self.sockets = sockets or {}      # bound by the supervisor of `--workers N` (by listener name, + admin)
+        self.runtime = runtime            # the supervisor's shared directory (N > 1): readiness, metrics
         self.admin_sock: socket.socket | None = None
         self.worker = worker
         self.policies: PolicySource | None = None
@@ -120,7 +124,7 @@ class Sidecar:
     def _start_l7(self, loop: asyncio.AbstractEventLoop, td: TrustDomain | None) -> Any:
         """The L7 runtime (clusters, pools, per-request authz) when a listener speaks `http`."""
         cfg = self.config
-        http = [(lcfg, lcfg.http) for lcfg in cfg.listeners if lcfg.protocol == "http"]
+        http = [(lcfg, lcfg.http) for lcfg in cfg.listeners if lcfg.is_l7]
         if not http:
             return None
         from secmesh.sidecar.l7_setup import AuthnSource, L7Runtime
@@ -157,10 +161,13 @@ class Sidecar:
         admin = None
         access: Any = None
         cfg = self.config
-        inherited = self.inherited.sockets if self.inherited is not None else {}
+        inherited = self.inherited.sockets if self.inherited is not None else self.sockets
+        if self.runtime is not None:
+            self.runtime.publish(self.worker, False)       # alive, not ready yet
+            self._tasks.append(asyncio.create_task(self._publish_loop(), name="worker-state"))
         if self.worker == 0 and cfg.admin.enabled and cfg.admin.address:
             host, port = split_host_port(cfg.admin.address, what="admin.address")
-            self.admin_state = AdminState(cfg, self.store, self.is_ready, self.policies)
+            self.admin_state = AdminState(cfg, self.store, self.is_ready, self.policies, runtime=self.runtime)
             try:
                 self.admin_sock = inherited.get("admin") or bind_socket(host, port, reuse_port=False)
             except OSError as exc:
@@ -187,7 +194,7 @@ class Sidecar:
                                   trust_domain=td, handshake_timeout=cfg.tls.handshake_timeout,
                                   high_water=cfg.buffer_high_water, low_water=cfg.buffer_low_water,
                                   access_log=access, loop=loop, mode_fn=mode_fn_for(lcfg, self.policies))
-                if l7 is not None and lcfg.protocol == "http":
+                if l7 is not None and lcfg.is_l7:
                     ctx.l7 = l7.env_for(lcfg, lcfg.http)
                     ctx.server_ctx_fn = lambda: l7.contexts.server
                 listener = Listener(lcfg, ctx)
@@ -201,12 +208,15 @@ class Sidecar:
                 self.listeners.append(listener)
             if not self._stop.is_set():
                 log_event(log, logging.INFO, "sidecar ready", worker=self.worker, listeners=len(self.listeners))
-                await self._hot_restart_ready(loop)
+                self._publish()
+                if self.runtime is None:             # N > 1: the supervisor does the hand-over
+                    await self._hot_restart_ready(loop)
             await stopper
         waiter.cancel()
         log_event(log, logging.INFO, "draining", worker=self.worker, drain_timeout_s=cfg.drain_timeout)
         for lst in self.listeners:
             lst.stop_accepting()
+        self._publish()
         aborted = sum(await asyncio.gather(*(lst.drain(cfg.drain_timeout) for lst in self.listeners)))
         if access is not None:
             access.flush()
@@ -223,6 +233,28 @@ class Sidecar:
             self.hot_restart.close()
         log_event(log, logging.INFO, "stopped", worker=self.worker, aborted_connections=aborted)
         return self.exit_code
+
+    def _publish(self) -> None:
+        """N > 1: tell the runtime directory whether this worker is ready, and its certificate's expiry.
+
+        The expiry gauges are callbacks (`set_function`) in memory, which another process cannot
+        call: with multiprocess metrics their value is written here instead, once a second.
+        """
+        if self.runtime is None:
+            return
+        from secmesh.sidecar import metrics
+
+        if self.store.material is not None:
+            metrics.CERT_EXPIRY.labels("leaf").set(self.store._leaf_ttl())
+            metrics.CERT_EXPIRY.labels("root").set(self.store._root_ttl())
+        ready = self.is_ready()
+        metrics.READY.set(1 if ready else 0)
+        self.runtime.publish(self.worker, ready)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            self._publish()
+            await asyncio.sleep(1.0)
 
     def _bind_failed(self, what: str, address: str, exc: OSError) -> int:
         """A port taken between the CLI's pre-flight check and here: one error line, exit 1."""
@@ -266,13 +298,16 @@ def _tune_gc() -> None:
 
 
 def run_worker(config: SidecarConfig, worker: int = 0, policies: PolicySnapshot | None = None,
-               inherited: Inherited | None = None) -> int:
+               inherited: Inherited | None = None, *, sockets: dict[str, socket.socket] | None = None,
+               runtime: RuntimeDir | None = None) -> int:
     """Run one worker's event loop (uvloop) to completion; returns the exit code.
 
     `policies` is the set compiled before forking (so a bad set stops start-up once, and
-    workers share the compiled engine copy-on-write).
+    workers share the compiled engine copy-on-write). With `--workers N`, `sockets` are this
+    worker's share of the supervisor's sockets and `runtime` the shared directory.
     """
     import uvloop
 
     _tune_gc()
-    return uvloop.run(Sidecar(config, worker=worker, policies=policies, inherited=inherited).run())
+    return uvloop.run(Sidecar(config, worker=worker, policies=policies, inherited=inherited, sockets=sockets,
+                              runtime=runtime).run())

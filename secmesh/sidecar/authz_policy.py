@@ -9,7 +9,10 @@ destination address, SNI); the engine evaluates the compiled set *partially*:
 - NEEDS_REQUEST: only request attributes can decide. The residual is handed to the L7 layer
   when there is one (`l7_available`); until then an `http` port fails closed with a log line
   saying so. A `tcp` port never needs the request (Istio's TCP rules drop or skip HTTP-only
-  fields), so NEEDS_REQUEST there would be an engine bug: also refused.
+  fields), so NEEDS_REQUEST there would be an engine bug: also refused. An `auto` port is
+  decided with the HTTP rule set (it may turn out to be HTTP); if the connection then turns
+  out to be TCP, `l7_conn.AutoConn` refuses a NEEDS_REQUEST one (`refuse_tcp`), as Istio's
+  TCP filter chain fails closed on HTTP-only ALLOW rules.
 
 The destination port given to the engine is the *workload* port (the app's port, what
 `to.operation.ports` and `portLevelMtls` name), not the sidecar's listening port.
@@ -60,10 +63,10 @@ class PolicyAuthorizer:
                          info.destination_ip, self.port, info.sni)
         cd = snap.engine.decide_connection(conn, self.protocol)
         if cd.outcome is Outcome.NEEDS_REQUEST:
-            if self.l7_available and self.protocol == "http":
+            if self.l7_available and self.protocol in ("http", "auto"):
                 return L4Decision(True, "decided per request (L7)", "", cd.residual, "needs_request",
                                   engine=snap.engine)
-            why = ("L7 authorization is not available yet" if self.protocol == "http"
+            why = ("L7 authorization is not available yet" if self.protocol != "tcp"
                    else "a tcp port cannot evaluate request attributes")
             return L4Decision(False, f"policies need request attributes to decide ({why}); failing closed",
                               "", cd.residual, NEEDS_REQUEST_NO_L7, engine=snap.engine)
@@ -87,3 +90,17 @@ class PolicyAuthorizer:
     def _count_dry_run(self, d: Decision) -> None:
         for s in d.dry_run:
             metrics.authz_dry_run(self.listener, s.action, s.result, policy_label(s.policy)).inc()
+
+
+def refuse_tcp(decision_code: str) -> str | None:
+    """`auto` port, connection sniffed as TCP: why it must be refused now, or None to splice it.
+
+    Only a connection admitted as NEEDS_REQUEST ("decided per request") is refused: a TCP stream
+    has no requests, so the rules that needed paths/methods/headers can never be evaluated, and
+    Istio drops such ALLOW rules from the TCP filter chain (fail closed). Any other admitted
+    connection was decided on connection attributes alone, which hold for TCP as well.
+    """
+    if decision_code == "needs_request":
+        return ("policies need request attributes to decide, but the connection is not HTTP "
+                "(protocol auto sniffed TCP); failing closed")
+    return None

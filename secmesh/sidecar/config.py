@@ -112,7 +112,9 @@ class ListenerConfig:
     address: str = ""                  # HOST:PORT to listen on
     upstream: str = ""                 # HOST:PORT to forward to
     mtls_mode: MtlsMode | None = None  # inbound, without `policies`: STRICT (the default), PERMISSIVE or DISABLE
-    protocol: str = "tcp"              # `tcp` (L4 splice) or `http` (L7: HTTP/1.1, h2, gRPC; per-request authz)
+    protocol: str = "tcp"              # `tcp` (L4 splice), `http` (L7: HTTP/1.1, h2, gRPC; per-request authz)
+                                       # or `auto` (per connection: ALPN / first bytes → http, else tcp)
+    protocol_detection_timeout: Duration = Duration(0.1)   # auto: no (conclusive) first bytes by then → tcp
     workload_port: int = 0             # inbound: the port policies name (portLevelMtls, to.ports); 0 = upstream's port
     allow_principals: list[str] = field(default_factory=list)  # inbound: SPIFFE ID patterns (`*` one segment, `**` the rest)
     allow_all: bool = False            # inbound: admit any verified peer when allow_principals is empty
@@ -130,8 +132,10 @@ class ListenerConfig:
             raise ValueError(f"listener {self.name}: `kind` must be inbound or outbound, got {self.kind!r}")
         split_host_port(self.address, what=f"listeners[{self.name}].address")
         split_host_port(self.upstream, what=f"listeners[{self.name}].upstream")
-        if self.protocol not in ("tcp", "http"):
-            raise ValueError(f"listener {self.name}: `protocol` must be tcp or http, got {self.protocol!r}")
+        if self.protocol not in ("tcp", "http", "auto"):
+            raise ValueError(f"listener {self.name}: `protocol` must be auto, tcp or http, got {self.protocol!r}")
+        if self.protocol_detection_timeout < 0:
+            raise ValueError(f"listener {self.name}: `protocol_detection_timeout` must be 0 (no timeout) or more")
         if not 0 <= self.workload_port <= 65535:
             raise ValueError(f"listener {self.name}: `workload_port` must be in 0..65535")
         if isinstance(self.mtls_mode, str) and not isinstance(self.mtls_mode, MtlsMode):
@@ -155,6 +159,11 @@ class ListenerConfig:
                     raise ValueError(f"listener {self.name}: peer_ids: {pid!r}: {exc}") from None
         if self.max_connections < 1:
             raise ValueError(f"listener {self.name}: `max_connections` must be at least 1")
+
+    @property
+    def is_l7(self) -> bool:
+        """Does this listener need the L7 runtime (HTTP sessions, routes, clusters)? `http` and `auto` do."""
+        return self.protocol in ("http", "auto")
 
     @property
     def static_mode(self) -> MtlsMode:
@@ -195,7 +204,7 @@ class SidecarConfig:
     log_level: str = "info"
     access_log: bool = True               # one JSON line per connection when it closes
     drain_timeout: Duration = Duration(5.0)
-    hot_restart_socket: str = ""          # UDS: take the listening sockets from the process serving it (needs workers: 1)
+    hot_restart_socket: str = ""          # UDS: take the listening sockets from the process serving it (any workers)
     buffer_high_water: int = 262144       # bytes queued towards one side before the other side is paused
     buffer_low_water: int = 65536         # … and resumed
     policies: str = ""                    # Istio YAML (file or directory): Authorization + PeerAuthentication
@@ -216,9 +225,6 @@ class SidecarConfig:
                 raise ValueError(f"`trust_domain`: {exc}") from None
         if self.workers < 0:
             raise ValueError("`workers` must be 0 (one per core) or more")
-        if self.hot_restart_socket and self.workers != 1:
-            raise ValueError("`hot_restart_socket` needs `workers: 1` (each worker of several binds its own "
-                             "SO_REUSEPORT socket, which cannot be handed over as one)")
         if not 0 < self.buffer_low_water <= self.buffer_high_water:
             raise ValueError("need 0 < buffer_low_water <= buffer_high_water")
         listeners = list(self.listeners)
@@ -232,7 +238,7 @@ class SidecarConfig:
             raise ValueError("cluster names must be unique")
         object.__setattr__(self, "clusters", clusters)
         for lst in listeners:
-            if lst.protocol != "http":
+            if not lst.is_l7:
                 continue
             for r in lst.http.routes:
                 if r.cluster not in cnames:

@@ -91,6 +91,7 @@ class _Downstream(Pipe):
         self.policy: str | None = None
         self.residual: object | None = None
         self.engine: object | None = None
+        self.authz_code = ""       # reason code of the connection-time ALLOW (`needs_request`: L7 decides)
         self.tls_version: str | None = None
         self.tls_resumed = False
         self.cipher: str | None = None
@@ -269,6 +270,7 @@ class InboundConnection(_Downstream):
             self.fail("denied", decision.reason, code=decision.code, ref=decision.ref)
             return False
         self.residual = decision.residual
+        self.authz_code = decision.code
         self.engine = decision.engine     # the policy engine that must finish `residual` (L7)
         return True
 

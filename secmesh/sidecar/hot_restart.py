@@ -16,6 +16,10 @@ under the new one: closing its own fd leaves the new one's intact. The exchange 
 hundred bytes, so both ends are plain blocking sockets; the old side runs in a daemon thread
 and hands the drain request to the event loop with `call_soon_threadsafe`. If the new process
 dies before asking to drain, the old one notices EOF and keeps serving.
+
+With `--workers N` the supervisor holds every socket (`<listener>/<i>` for worker i, and `admin`)
+and speaks this protocol for all its workers (`SupervisorHandOver`): it asks the old process to
+drain only once every worker of its own is ready, and on drain it stops its workers with SIGTERM.
 """
 
 from __future__ import annotations
@@ -174,3 +178,49 @@ class HotRestartServer:
         self.on_drain()
         _send(conn, {"ok": True})
         return True
+
+
+def split_name(name: str) -> tuple[str, int]:
+    """`inbound/1` → ("inbound", 1): a supervisor hands over each worker's socket of a listener;
+    a single-worker sidecar's `inbound` is worker 0's."""
+    base, _, idx = name.partition("/")
+    return base, int(idx) if idx.isdigit() else 0
+
+
+class SupervisorHandOver:
+    """Hot restart for `--workers N`: the supervisor, which holds every socket, is the one that swaps.
+
+    New side: once every worker of ours is ready (their files in the runtime directory), tell the
+    previous process to drain. Both sides: then serve the hot-restart socket, handing over all our
+    sockets to a successor and stopping our workers (`stop`, i.e. SIGTERM: they drain) when it asks.
+    Runs in a daemon thread, since the supervisor's main thread sits in `os.wait()`.
+    """
+
+    def __init__(self, path: str, sockets: dict[str, socket.socket], inherited: Inherited | None,
+                 all_ready: Callable[[], bool], stop: Callable[[], None], poll: float = 0.05) -> None:
+        self.path = path
+        self.server = HotRestartServer(path, lambda: sockets, stop)
+        self.inherited = inherited
+        self.all_ready = all_ready
+        self.poll = poll
+        self._closed = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="hot-restart-supervisor", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.all_ready():
+            if self._closed.wait(self.poll):
+                return
+        if self.inherited is not None:
+            try:
+                self.inherited.finish()
+            except OSError as exc:            # the old one is gone already: nothing to drain
+                log_event(log, logging.WARNING, "hot restart: drain request failed", error=repr(exc))
+            self.inherited = None
+        if not self._closed.is_set():
+            self.server.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.server.close()

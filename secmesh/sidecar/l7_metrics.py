@@ -27,7 +27,7 @@ UPSTREAM = Counter(
     "secmesh_sidecar_upstream_events", "Upstream pool events, by cluster and event (connect, connect_failed, "
     "reset, retry, retry_budget_exhausted, ejected, timeout).", ["cluster", "event"], registry=REGISTRY)
 UPSTREAM_ACTIVE = Gauge("secmesh_sidecar_upstream_connections", "Upstream connections open, by cluster.",
-                        ["cluster"], registry=REGISTRY)
+                        ["cluster"], registry=REGISTRY, multiprocess_mode="livesum")
 
 
 @lru_cache(maxsize=4096)

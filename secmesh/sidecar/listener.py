@@ -67,10 +67,17 @@ class Listener:
         self.accepting = False
         self._inbound: Any = InboundConnection
         self._outbound: Any = OutboundConnection
-        if ctx.l7 is not None:                    # protocol http: same stages, then an HTTP session
+        if ctx.l7 is not None and cfg.protocol == "auto":   # same stages, then sniff: HTTP session or splice
+            from secmesh.sidecar.l7_conn import InboundAuto, OutboundAuto
+
+            self._inbound, self._outbound = InboundAuto, OutboundAuto
+        elif ctx.l7 is not None:                  # protocol http: same stages, then an HTTP session
             from secmesh.sidecar.l7_conn import InboundHttp, OutboundHttp
 
             self._inbound, self._outbound = InboundHttp, OutboundHttp
+        elif cfg.protocol == "auto":              # the L7 runtime was not built for this port
+            log_event(log, logging.ERROR, "protocol auto without the L7 runtime: serving as tcp",
+                      listener=cfg.name)
 
     @property
     def mode(self) -> MtlsMode:

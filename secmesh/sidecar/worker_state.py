@@ -1,0 +1,150 @@
+"""What the workers of a `--workers N` sidecar share: one private runtime directory.
+
+The directory (0700, made by the supervisor, removed when it exits) holds two kinds of files:
+
+- prometheus_client's multiprocess files (`PROMETHEUS_MULTIPROC_DIR`): every worker's metric
+  values live in its own mmapped `*_<pid>.db`, and worker 0's `/metrics` merges them with
+  `MultiProcessCollector`, so counters are the whole sidecar's. A dead worker's counter file
+  stays (its counts remain part of the total, so totals never go backwards); its live-gauge
+  files are removed (`mark_process_dead`), so open connections and readiness are the living
+  workers' only.
+- `worker-<i>.json` = `{"pid": …, "ready": …}`, rewritten atomically by worker i when its
+  readiness changes. Worker 0's `/ready` is 200 only when all N files say ready and their pids
+  are alive; `/live` when the supervisor and all N pids are alive. A file whose pid is gone (a
+  crash between two reaps) counts as not ready, so a crash is seen without waiting for anyone.
+
+Multiprocess mode is switched on only for N > 1: its `.inc()` writes to an mmap under a lock
+(about 2-3x the in-memory cost), which a single-worker sidecar has no reason to pay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable_multiprocess(path: str) -> None:
+    """Point prometheus_client at `path` before any metric value exists in this process.
+
+    `prometheus_client.values.ValueClass` is chosen at import time from the environment, so the
+    variable is set first; if the library was imported already (but no secmesh sidecar metric
+    created yet) the class is re-chosen. Metric objects created before this would keep in-memory
+    values that no other process can see, hence the hard check.
+    """
+    if "secmesh.sidecar.metrics" in sys.modules:
+        raise RuntimeError("multiprocess metrics must be enabled before secmesh.sidecar.metrics is imported")
+    os.environ[ENV] = path
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:
+        values.ValueClass = values.get_value_class()   # type: ignore[attr-defined]
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class WorkerView:
+    index: int
+    pid: int
+    alive: bool
+    ready: bool
+
+
+class RuntimeDir:
+    """The shared directory of one supervisor and its `count` workers."""
+
+    def __init__(self, path: str, count: int, supervisor_pid: int) -> None:
+        self.path = path
+        self.count = count
+        self.supervisor_pid = supervisor_pid
+        self._published: tuple[int, bool] | None = None
+
+    @classmethod
+    def create(cls, count: int) -> RuntimeDir:
+        """mkdtemp (0700) and multiprocess metrics on; call in the supervisor before importing metrics."""
+        path = tempfile.mkdtemp(prefix="secmesh-sidecar-")
+        os.chmod(path, 0o700)
+        enable_multiprocess(path)
+        return cls(path, count, os.getpid())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def _file(self, index: int) -> Path:
+        return Path(self.path) / f"worker-{index}.json"
+
+    # -- worker side ---------------------------------------------------------------------------
+
+    def publish(self, index: int, ready: bool) -> None:
+        """Record this worker's pid and readiness (only when it changed: called every second)."""
+        state = (os.getpid(), ready)
+        if state == self._published:
+            return
+        tmp = self._file(index).with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"pid": state[0], "ready": ready}))
+        os.replace(tmp, self._file(index))
+        self._published = state
+
+    # -- supervisor side -----------------------------------------------------------------------
+
+    def forget(self, index: int, pid: int) -> None:
+        """A worker exited: drop its readiness and its live gauges (its counters stay in the totals)."""
+        from prometheus_client.multiprocess import mark_process_dead
+
+        try:
+            if self._read(index).get("pid") == pid:
+                self._file(index).unlink()
+        except OSError:
+            pass
+        mark_process_dead(pid, self.path)
+
+    # -- admin (worker 0) ----------------------------------------------------------------------
+
+    def _read(self, index: int) -> dict[str, Any]:
+        try:
+            doc = json.loads(self._file(index).read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def workers(self) -> list[WorkerView]:
+        out = []
+        for i in range(self.count):
+            doc = self._read(i)
+            pid = int(doc.get("pid") or 0)
+            alive = _alive(pid)
+            out.append(WorkerView(i, pid, alive, alive and bool(doc.get("ready"))))
+        return out
+
+    def all_ready(self) -> bool:
+        return all(w.ready for w in self.workers())
+
+    def all_live(self) -> bool:
+        return _alive(self.supervisor_pid) and os.getppid() == self.supervisor_pid and all(
+            w.alive for w in self.workers())
+
+    def exposition(self) -> bytes:
+        """Every worker's metrics merged: counters summed, gauges per their `multiprocess_mode`."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.path)
+        return generate_latest(registry)
