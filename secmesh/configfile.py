@@ -18,10 +18,6 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-
 from secmesh.errors import ConfigError
 
 T = TypeVar("T")
@@ -55,13 +51,16 @@ class Duration(float):
 
 
 def _where(path: str, node: Any, key: Any = None, index: int | None = None) -> str:
+    lc = getattr(node, "lc", None)    # only ruamel's round-trip nodes (from a file) know their position
+    if lc is None:
+        return path
     try:
-        if key is not None and isinstance(node, CommentedMap):
-            line, col = node.lc.key(key)
-        elif index is not None and isinstance(node, CommentedSeq):
-            line, col = node.lc.item(index)
+        if key is not None and isinstance(node, Mapping):
+            line, col = lc.key(key)
+        elif index is not None and isinstance(node, list):
+            line, col = lc.item(index)
         else:
-            line, col = node.lc.line, node.lc.col
+            line, col = lc.line, lc.col
         return f"{path}:{line + 1}:{col + 1}"
     except (AttributeError, KeyError, TypeError):
         return path
@@ -149,6 +148,11 @@ def _build(cls: type[T], data: Mapping[str, Any], *, path: str, prefix: str = ""
 
 
 def read_yaml(path: Path) -> Any:
+    # ruamel is imported here, not at the top: a component started from flags alone (the usual
+    # sidecar of a benchmark or a test) never pays its ~2.5 MB of resident memory.
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError
+
     yaml = YAML(typ="rt")
     try:
         text = path.read_text()
@@ -202,7 +206,7 @@ def load_config(cls: type[T], path: Path | str | None = None, *, env: Mapping[st
         source = str(p)
         loaded = read_yaml(p)
         if loaded is None:
-            loaded = CommentedMap()
+            loaded = {}
         if not isinstance(loaded, Mapping):
             raise ConfigError("the top level must be a mapping", location=f"{p}:1:1")
         file_data = loaded

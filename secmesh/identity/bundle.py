@@ -13,7 +13,6 @@ from typing import Any, Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from secmesh.errors import IdentityError
 from secmesh.identity.spiffe import TrustDomain
@@ -35,6 +34,8 @@ def certificates_pem(certs: list[x509.Certificate] | tuple[x509.Certificate, ...
 
 
 def _jwk_of_public_key(key: Any) -> dict[str, Any]:
+    from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm   # JWKS form only: keep it off the data path
+
     for algorithm in (ECAlgorithm, RSAAlgorithm, OKPAlgorithm):
         try:
             return algorithm.to_jwk(key, as_dict=True)
