@@ -20,10 +20,11 @@ from secmesh.sidecar.connlog import BatchedLog
 _LOGGER = "secmesh.sidecar.access"
 # The line, key order as `request_record`; every string goes through the C JSON string encoder.
 # The connection's fields come first: they are formatted once per connection (`_conn_part`).
-_LINE = ('{"ts":"%s","level":"info","logger":"' + _LOGGER + '","msg":"request",%s"method":%s,'
-         '"authority":%s,"path":%s,"status":%d,"origin":"%s","duration_ms":%.3f,"bytes_in":%d,'
-         '"bytes_out":%d,"request_principal":%s,"request_id":%s,"route":%s,'
-         '"cluster":%s,"upstream":%s,"attempts":%d,"decision":%s,"policy":%s,"authz_reason":%s,"reason":%s}\n')
+_LINE = ('{"ts":"%s","level":"info","logger":"' + _LOGGER + '","msg":"request",%s%s'
+         '"path":%s,"status":%d,"origin":"%s","duration_ms":%.3f,"bytes_in":%d,'
+         '"bytes_out":%d,"request_principal":%s,"request_id":%s,%s"reason":%s}\n')
+_TAIL = '"route":%s,"cluster":%s,"upstream":%s,"attempts":%d,"decision":%s,"policy":%s,"authz_reason":%s,'
+_MEMO_MAX = 1024
 _CONN = '"listener":%s,"protocol":"%s","peer_id":%s,"client":%s,'
 _METHODS = {m: _q(m.decode()) for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"PATCH", b"OPTIONS")}
 
@@ -76,20 +77,43 @@ class AccessLog(BatchedLog):
     def __init__(self, loop: Any, stream: TextIO | None = None, *, interval: float = 0.05,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(loop, stream, logger=_LOGGER, interval=interval, clock=clock)
+        self._ma: dict[tuple[bytes, bytes], str] = {}
+        self._tails: dict[tuple[int, int, int, int, int], tuple[Any, Any, Any, Any, str]] = {}
 
     def line(self, ex: Any) -> str:
-        """`request_record(ex)` as one JSON line, formatted directly (a third of `json.dumps`' cost)."""
+        """`request_record(ex)` as one JSON line, formatted directly (a third of `json.dumps`' cost).
+
+        The parts that repeat from request to request are formatted once and kept: method and
+        authority, and the route/cluster/upstream/authz part (keyed by the identity of the objects
+        it comes from, which the proxy reuses); per request only the path, numbers and ids are."""
         req, v = ex.req, ex.verdict
         route, cluster, tried = ex.route, ex.cluster, ex.tried
-        method = _METHODS.get(req.method)
+        mk = (req.method, req.authority)
+        ma = self._ma.get(mk)
+        if ma is None:
+            method = _METHODS.get(req.method)
+            ma = '"method":%s,"authority":%s,' % (method if method is not None else _q(_s(req.method)),
+                                                  _q(_s(req.authority)))
+            if len(self._ma) >= _MEMO_MAX:
+                self._ma.clear()
+            self._ma[mk] = ma
+        ep = tried[-1] if tried else None
+        attempts = ex.attempt + 1 if tried else 0
+        tk = (id(v), id(route), id(cluster), id(ep), attempts)
+        hit = self._tails.get(tk)
+        if hit is not None and hit[0] is v and hit[1] is route and hit[2] is cluster and hit[3] is ep:
+            tail = hit[4]
+        else:
+            tail = _TAIL % (
+                "null" if route is None else _qn(route.name), "null" if cluster is None else _q(cluster.name),
+                "null" if ep is None else _q(ep.address), attempts,
+                "null" if v is None else ('"allow"' if v.allowed else '"deny"'),
+                _q(v.policy) if v is not None and v.policy else "null", "null" if v is None else _qn(v.code))
+            if len(self._tails) >= _MEMO_MAX:
+                self._tails.clear()
+            self._tails[tk] = (v, route, cluster, ep, tail)
         return _LINE % (
-            self._ts(), _conn_part(ex), method if method is not None else _q(_s(req.method)),
-            _q(_s(req.authority)), _q(_s(req.path[:2048])), ex.status, ex.origin,
+            self._ts(), _conn_part(ex), ma, _q(req.path[:2048].decode("latin-1")), ex.status, ex.origin,
             (time.monotonic() - ex.t0) * 1000, ex.bytes_in, ex.bytes_out,
             "null" if v is None or v.principal is None else _q(v.principal),
-            _q(_s(ex.rid)) if ex.rid else "null", "null" if route is None else _qn(route.name),
-            "null" if cluster is None else _q(cluster.name), _q(tried[-1].address) if tried else "null",
-            ex.attempt + 1 if tried else 0,
-            "null" if v is None else ('"allow"' if v.allowed else '"deny"'),
-            _q(v.policy) if v is not None and v.policy else "null", "null" if v is None else _qn(v.code),
-            _q(ex.reason) if ex.reason else "null")
+            _q(ex.rid.decode("latin-1")) if ex.rid else "null", tail, _q(ex.reason) if ex.reason else "null")

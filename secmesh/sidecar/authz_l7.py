@@ -27,9 +27,10 @@ from secmesh.sidecar.codec.stream import Headers, RequestHeaders
 DENIED_BY = b"x-secmesh-denied-by"
 GRPC_PERMISSION_DENIED = b"7"
 GRPC_UNAUTHENTICATED = b"16"
+_MEMO_MAX = 4096
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)   # (not frozen: a frozen init is one object.__setattr__ per field; never mutated)
 class Verdict:
     allowed: bool
     status: int = 0                     # the local answer when refused: 401, 403 or 400
@@ -69,6 +70,8 @@ class RequestAuthorizer:
     def __init__(self, *, normalization: str = "BASE", now: Callable[[], float],
                  authenticator: Callable[[], Any] = lambda: None, keys: Any = None) -> None:
         self._norm = PathNormalization(normalization)
+        self._paths: dict[bytes, str] = {}       # raw path → normalized (paths repeat; bounded)
+        self._verdicts: dict[int, tuple[Decision, Verdict]] = {}   # id(decision) → plain verdict
         self._now = now
         self._authn = authenticator
         self._keys = keys
@@ -101,14 +104,29 @@ class RequestAuthorizer:
         final = getattr(residual, "final", None)
         if final is not None and claims is None:
             return self._verdict(final, principal, remove, add)
-        try:
-            attrs = RequestAttrs(req.method.decode("latin-1"),
-                                 normalize_path(req.path.decode("latin-1"), self._norm),
-                                 req.authority.decode("latin-1"),
-                                 hdrs if hdrs is not None else _str_headers(req.headers), claims)
-        except PolicyError as exc:
-            return Verdict(False, 400, "invalid_path", "", exc.message, principal)
-        return self._verdict(engine.decide_request(residual, attrs), principal, remove, add)
+        path = self._paths.get(req.path)
+        if path is None:
+            try:
+                path = normalize_path(req.path.decode("latin-1"), self._norm)
+            except PolicyError as exc:
+                return Verdict(False, 400, "invalid_path", "", exc.message, principal)
+            if len(self._paths) >= _MEMO_MAX:
+                self._paths.clear()
+            self._paths[req.path] = path
+        attrs = RequestAttrs(req.method.decode("latin-1"), path, req.authority.decode("latin-1"),
+                             hdrs if hdrs is not None else _str_headers(req.headers), claims)
+        d = engine.decide_request(residual, attrs)
+        if principal is None and not remove and not add:
+            # The engine memoizes its decisions: the verdict of a decision is built once.
+            hit = self._verdicts.get(id(d))
+            if hit is not None and hit[0] is d:
+                return hit[1]
+            v = self._verdict(d, None, (), [])
+            if len(self._verdicts) >= _MEMO_MAX:
+                self._verdicts.clear()
+            self._verdicts[id(d)] = (d, v)
+            return v
+        return self._verdict(d, principal, remove, add)
 
     @staticmethod
     def _verdict(d: Decision, principal: str | None, remove: tuple[bytes, ...], add: Headers) -> Verdict:

@@ -78,7 +78,7 @@ class Exchange:
         s, env, req = self.s, self.env, self.req
         self.grpc = is_grpc(req.headers)
         v = self.verdict = env.authorizer.check(req, s.engine, s.residual)
-        env.m_authz(v.allowed, v.code, v.policy).inc()
+        env.m_authz(v.allowed, v.code, v.policy)()
         if not v.allowed:
             log_event(log, logging.WARNING, "request refused", listener=env.name, status=v.status, reason=v.code,
                       policy=v.policy or None, detail=v.message, peer_id=s.peer_id, method=req.method.decode("latin-1"),
@@ -318,7 +318,8 @@ class Exchange:
             self.timer.cancel()
             self.timer = None
         s = self.s
-        s.codec.send_response(self.sid, status, forward_response_headers(ev.headers), ev.end_stream)
+        s.codec.send_response(self.sid, status, ev.headers if ev.hop_free else forward_response_headers(ev.headers),
+                              ev.end_stream)
         s.mark()
         if status == 101:
             s.tunnel_opened()
@@ -394,6 +395,6 @@ class Exchange:
             s.mark()
         s.stream_finished(self)
         env = self.env
-        env.m_requests(self.status, self.origin).inc()
+        env.m_requests(self.status, self.origin)()
         if env.access_log is not None:
             env.access_log.emit(self)

@@ -66,12 +66,13 @@ class L7Env:
         self.sessions: set[HttpSession] = set()
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one env per listener, lives as long as the worker
-    def m_authz(self, allowed: bool, code: str, policy: str) -> Any:
-        return l7_metrics.authz(self.name, "allow" if allowed else "deny", code, policy)
+    def m_authz(self, allowed: bool, code: str, policy: str) -> Callable[[], None]:
+        """The bound `inc` of the authz counter child (call it to count one decision)."""
+        return l7_metrics.incrementer(l7_metrics.authz(self.name, "allow" if allowed else "deny", code, policy))
 
     @lru_cache(maxsize=64)  # noqa: B019
-    def m_requests(self, status: int, origin: str) -> Any:
-        return l7_metrics.requests(self.name, l7_metrics.status_class(status), origin)
+    def m_requests(self, status: int, origin: str) -> Callable[[], None]:
+        return l7_metrics.incrementer(l7_metrics.requests(self.name, l7_metrics.status_class(status), origin))
 
     def drain(self) -> None:
         for s in list(self.sessions):

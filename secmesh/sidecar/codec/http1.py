@@ -33,6 +33,7 @@ from secmesh.sidecar.codec.stream import (
 
 
 
+_new_meta = tuple.__new__        # RequestMeta(...) without the namedtuple's Python-level __new__
 _SPECIAL = frozenset((b"host", b"transfer-encoding", b"content-length", b"expect", b"upgrade"))
 
 
@@ -230,7 +231,7 @@ class H1ServerCodec:
         if kind == IGNORED_UPGRADE:                      # e.g. h2c: served as plain HTTP/1.1
             self._headers = [(n, v) for n, v in self._headers if n not in (b"upgrade", b"http2-settings")]
         sid = self._cur
-        self._meta[sid] = RequestMeta(method, version, p.should_keep_alive(), kind, proto)
+        self._meta[sid] = _new_meta(RequestMeta, (method, version, p.should_keep_alive(), kind, proto))
         self._end_at_headers = kind != TUNNEL and self._te is None and not self._cl
         self._route(sid, RequestHeaders(sid, method, authority, path, self._scheme, self._headers,
                                         self._end_at_headers, version, self._expect))

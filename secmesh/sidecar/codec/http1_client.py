@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from secmesh.sidecar.codec.headers import HOP_BY_HOP
 from secmesh.sidecar.codec.http1_wire import (
     CRLF, DEFAULT_LIMITS, LAST_CHUNK, NO_BODY_STATUSES, H1Limits, append_headers, chunk, trailer_block,
 )
@@ -22,6 +23,7 @@ from secmesh.sidecar.codec.stream import (
 
 _NONE, _LENGTH, _CHUNKED = 0, 1, 2
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close"))   # `Connection` values that name no other field
 
 
 class _Abort(Exception):
@@ -29,14 +31,11 @@ class _Abort(Exception):
 
 
 class _Req:
-    __slots__ = ("sid", "method", "upgrade")
+    __slots__ = ("sid", "method", "upgrade", "head_only")
 
     def __init__(self, sid: int, method: bytes, upgrade: bytes) -> None:
         self.sid, self.method, self.upgrade = sid, method, upgrade
-
-    @property
-    def head_only(self) -> bool:
-        return self.method in (b"HEAD", b"CONNECT")
+        self.head_only = method in (b"HEAD", b"CONNECT")
 
 
 class H1ClientCodec:
@@ -204,6 +203,12 @@ class H1ClientCodec:
                 if not self._dead:
                     self._fail(Reason.UPSTREAM_PROTOCOL_ERROR, str(exc))
                 return
+            if self._in_head and not self._dead:     # a head split over reads: bound what it holds
+                raw, limits = self._raw, self._limits
+                if len(raw) > limits.max_headers or sum(
+                        len(n) + len(v) + 4 for n, v in raw) > limits.max_header_bytes:
+                    self._fail(Reason.HEADERS_TOO_LARGE, "response head over the limits")
+                    return
             self._flush_held()
             return
 
@@ -240,6 +245,8 @@ class H1ClientCodec:
     # === llhttp callbacks ===
 
     def _reset_message(self) -> None:
+        self._raw: Headers = []
+        self._hop_free = False
         self._headers: Headers = []
         self._trailers: Headers | None = None
         self._n_fields = 0
@@ -257,27 +264,54 @@ class H1ClientCodec:
         self._in_message = self._in_head = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """One call per field from llhttp: only collect here (the hot path); the head's fields are
+        lowered, classified and counted once in `on_headers_complete`, trailers right away."""
+        if self._in_head:
+            self._raw.append((name, value))
+            return
         self._n_fields += 1
         self._head_bytes += len(name) + len(value) + 4
-        limits = self._limits
-        if self._n_fields > limits.max_headers or self._head_bytes > limits.max_header_bytes:
-            self._fail(Reason.HEADERS_TOO_LARGE, "response head over the limits")
+        if self._n_fields > self._limits.max_headers or self._head_bytes > self._limits.max_header_bytes:
+            self._fail(Reason.HEADERS_TOO_LARGE, "response trailers over the limits")
             raise _Abort
-        name = name.lower()
-        if not self._in_head:
-            if self._trailers is None:
-                self._trailers = []
-            self._trailers.append((name, value))
-        elif name == b"transfer-encoding":
-            self._chunked = value.rstrip().lower().endswith(b"chunked")   # framing, not forwarded
-        else:
+        if self._trailers is None:
+            self._trailers = []
+        self._trailers.append((name.lower(), value))
+
+    def _head_fields(self) -> bool:
+        """The collected head fields → `_headers` (names lowered, hop-by-hop fields dropped unless a
+        `Connection` names others, for `forward_response_headers` to judge); False if over the limits."""
+        raw, self._raw = self._raw, []
+        limits = self._limits
+        if len(raw) > limits.max_headers:
+            return False
+        size = 0
+        headers = self._headers
+        hop_free = True
+        for name, value in raw:
+            size += len(name) + len(value) + 4
+            name = name.lower()
+            if name in HOP_BY_HOP:                   # never forwarded: dropped here already
+                if name == b"transfer-encoding":
+                    self._chunked = value.rstrip().lower().endswith(b"chunked")   # framing
+                elif name == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                    hop_free = False                 # it names other fields: the proxy strips those
+                    headers.append((name, value))
+                continue
             if name == b"content-length" and self._cl is None:
                 self._cl = value                     # the first one, as the header scan did
-            self._headers.append((name, value))
+            headers.append((name, value))
+        if size > limits.max_header_bytes:
+            return False
+        self._hop_free = hop_free
+        return True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._headers_done = True
+        if not self._head_fields():
+            self._fail(Reason.HEADERS_TOO_LARGE, "response head over the limits")
+            raise _Abort
         req = self._req
         assert req is not None
         status = self._status = self._parser.get_status_code()
@@ -297,7 +331,7 @@ class H1ClientCodec:
         end = req.method == b"HEAD" or status in NO_BODY_STATUSES or cl == b"0"
         self._head_end = end
         self._until_close = cl is None and not end and not self._chunked
-        self._ready.append(ResponseHeaders(sid, status, self._headers, end))
+        self._ready.append(ResponseHeaders(sid, status, self._headers, end, self._hop_free))
 
     def on_body(self, body: bytes) -> None:
         if self._held is not None:

@@ -90,7 +90,7 @@ def accept_head(method: bytes, version: str, target: bytes, hosts: list[bytes], 
     no Upgrade/CONNECT, length within the limit) is accepted without building `HeadFacts`."""
     if (version == "1.1" and len(hosts) == 1 and not upgrade and target[:1] == b"/"
             and (max_body is None or content_length is None or content_length <= max_body)):
-        return Accepted(b"1.1", hosts[0], target, NORMAL, b"")
+        return (b"1.1", hosts[0], target, NORMAL, b"")    # an `Accepted`, as a plain tuple (no __new__ call)
     return judge_head(HeadFacts(method, version, target, hosts, chunked, content_length, upgrade, upgrade_token),
                       max_body, allowed_upgrades, allow_connect)
 

@@ -19,7 +19,7 @@ Conventions shared by every codec:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol, Union
 
@@ -66,7 +66,7 @@ class Reason:
 
 # === events ===
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs one object.__setattr__ per field
 class RequestHeaders:
     stream_id: int
     method: bytes
@@ -79,12 +79,13 @@ class RequestHeaders:
     expect_continue: bool = False       # `Expect: 100-continue` was sent; see send_informational
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs one object.__setattr__ per field
 class ResponseHeaders:
     stream_id: int
     status: int
     headers: Headers
     end_stream: bool = False
+    hop_free: bool = field(default=False, compare=False)   # the codec already dropped every hop-by-hop field (none to strip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +97,14 @@ class InformationalResponse:
     headers: Headers
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs one object.__setattr__ per field
 class Data:
     stream_id: int
     data: bytes | memoryview
     end_stream: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs one object.__setattr__ per field
 class Trailers:
     """Trailing headers; always ends the stream in its direction (gRPC status lives here)."""
 
