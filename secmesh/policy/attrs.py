@@ -117,6 +117,21 @@ class RequestAttrs:
         self.claims = _split_claims(claims, space_delimited) if claims is not None else None
 
     @classmethod
+    def of_decoded(cls, method: str, path: str, host: str | None, headers: dict[str, str],
+                   claims: Mapping[str, Any] | None = None) -> RequestAttrs:
+        """For a proxy whose codec already lower-cased the names and joined repeated fields:
+        `headers` is taken as is (not copied or re-lowered), so the per-request cost is one object."""
+        self = cls.__new__(cls)
+        if host is None:
+            host = headers.get(":authority", headers.get("host"))
+        self.method = method
+        self.path = path
+        self.host = host.lower() if host is not None else None
+        self.headers = headers
+        self.claims = _split_claims(claims, DEFAULT_SPACE_DELIMITED) if claims is not None else None
+        return self
+
+    @classmethod
     def from_raw(cls, method: str, raw_path: str, *, normalization: PathNormalization = PathNormalization.BASE,
                  **kw: Any) -> RequestAttrs:
         """Build from the `:path` as received; raises InvalidPath (→ 400) for unusable paths."""

@@ -113,8 +113,8 @@ class RequestAuthorizer:
             if len(self._paths) >= _MEMO_MAX:
                 self._paths.clear()
             self._paths[req.path] = path
-        attrs = RequestAttrs(req.method.decode("latin-1"), path, req.authority.decode("latin-1"),
-                             hdrs if hdrs is not None else _str_headers(req.headers), claims)
+        attrs = RequestAttrs.of_decoded(req.method.decode("latin-1"), path, req.authority.decode("latin-1"),
+                                        hdrs if hdrs is not None else _str_headers(req.headers), claims)
         d = engine.decide_request(residual, attrs)
         if principal is None and not remove and not add:
             # The engine memoizes its decisions: the verdict of a decision is built once.

@@ -89,3 +89,14 @@ def test_many_rules_compile_and_decide() -> None:
     assert len(cd.residual.pending) == 1
     assert e.decide_request(cd.residual, RequestAttrs("GET", "/p7")).policy.name == "p7"
     assert not e.decide_request(cd.residual, RequestAttrs("GET", "/p8")).allowed
+
+
+def test_of_decoded_matches_the_general_constructor() -> None:
+    """The proxy's shortcut (names already lower-cased, repeats joined) builds the same attributes."""
+    headers = {"x-team": "a,b", "user-agent": "curl"}
+    claims = {"iss": "i", "scope": "read write"}
+    fast = RequestAttrs.of_decoded("GET", "/p", "Example.COM", dict(headers), claims)
+    slow = RequestAttrs("GET", "/p", "Example.COM", {"X-Team": ["a", "b"], "User-Agent": "curl"}, claims)
+    assert (fast.method, fast.path, fast.host, fast.headers, fast.claims) == \
+        (slow.method, slow.path, slow.host, slow.headers, slow.claims)
+    assert RequestAttrs.of_decoded("GET", "/", None, {"host": "H"}).host == "h"
