@@ -32,6 +32,7 @@ _OID_SAN = bytes.fromhex("0603551d11")
 _OID_SKI = bytes.fromhex("0603551d0e")
 _CRITICAL = b"\x01\x01\xff"
 _UTC_LIMIT = 2050  # RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050
+_SAN_CACHE = 4096  # distinct SPIFFE IDs whose SAN extension is remembered; emptied when full
 
 
 def der_length(n: int) -> bytes:
@@ -103,6 +104,10 @@ class LeafTemplate:
         self._issuer = issuer_cert.subject.public_bytes()
         self._before_san = b"".join(_fixed(v, critical) for v, critical, before in fixed_extensions if before)
         self._after_ski = b"".join(_fixed(v, critical) for v, critical, before in fixed_extensions if not before)
+        # a batch shares one `now` (so one validity) and an agent renews the same identities: both
+        # encodings are reused while they repeat (the tuple is replaced whole, so threads are safe)
+        self._validity: tuple[object, bytes] = (None, b"")
+        self._sans: dict[str, bytes] = {}
 
     @classmethod
     def for_issuer(cls, issuer_cert: x509.Certificate, issuer_key: PrivateKey,
@@ -114,13 +119,20 @@ class LeafTemplate:
 
     def tbs(self, *, serial: int, not_before: _dt.datetime, not_after: _dt.datetime, spki_der: bytes,
             uri: str) -> bytes:
-        san = tlv(0x30, tlv(0x86, uri.encode("ascii")))
+        san = self._sans.get(uri)
+        if san is None:
+            san = _extension(_OID_SAN, tlv(0x30, tlv(0x86, uri.encode("ascii"))), True)
+            if len(self._sans) >= _SAN_CACHE:
+                self._sans.clear()
+            self._sans[uri] = san
+        validity = self._validity
+        if validity[0] != (not_before, not_after):
+            validity = ((not_before, not_after), tlv(0x30, der_time(not_before) + der_time(not_after)))
+            self._validity = validity
         ski = tlv(0x04, hashlib.sha1(spki_key_bits(spki_der)).digest())  # noqa: S324 - RFC 5280 method 1
-        extensions = (self._before_san + _extension(_OID_SAN, san, True) + _extension(_OID_SKI, ski, False)
-                      + self._after_ski)
+        extensions = self._before_san + san + _extension(_OID_SKI, ski, False) + self._after_ski
         return tlv(0x30, _VERSION_3 + der_integer(serial) + self._alg + self._issuer
-                   + tlv(0x30, der_time(not_before) + der_time(not_after)) + _EMPTY_NAME + spki_der
-                   + tlv(0xA3, tlv(0x30, extensions)))
+                   + validity[1] + _EMPTY_NAME + spki_der + tlv(0xA3, tlv(0x30, extensions)))
 
     def sign(self, tbs: bytes) -> bytes:
         """The certificate DER: TBS, algorithm, signature."""

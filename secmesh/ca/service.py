@@ -1,9 +1,10 @@
 """`istio.v1.auth.IstioCertificateService/CreateCertificate`: authn → CSR check → sign → log.
 
 The handler is thin: it pulls the bearer token out of the call metadata, asks the token
-validator who the caller is, hands the CSR to `batch` (where `identity.csr` judges it and
-`ca.signer` signs it, several requests back to back), waits for the issuance to be committed
-to the ledger (group commit, see `recorder`), and answers with leaf, intermediate, roots. Every refusal goes through `_reject`: one gRPC status with a short
+validator who the caller is (`TokenCache`), hands the CSR to `batch` (where `ca.csrcheck`
+judges it and `ca.signer` signs it, several requests back to back, and whose one future
+resolves only once the issuance record is committed to the ledger: group commit, see
+`recorder`), and answers with leaf, intermediate, roots. Every refusal goes through `_reject`: one gRPC status with a short
 reason for the peer, one JSON log line with the details (token `iss`/`sub`/`exp` only) and one
 metric increment; the server keeps serving everyone else.
 """
@@ -20,7 +21,6 @@ import grpc
 
 from secmesh.ca import metrics
 from secmesh.ca.batch import SigningBatch
-from secmesh.ca.ledger import IssuanceRecord
 from secmesh.ca.recorder import BatchRecorder
 from secmesh.ca.signer import Signer
 from secmesh.clock import SYSTEM_CLOCK, Clock
@@ -55,22 +55,23 @@ class TokenCache:
         self.max_entries = max_entries
         self.max_age = max_age
         self._monotonic = monotonic
-        self._entries: OrderedDict[str, tuple[WorkloadIdentity, float]] = OrderedDict()
+        # token -> (identity, monotonic time after which it must be validated again, exp + leeway as a timestamp)
+        self._entries: OrderedDict[str, tuple[WorkloadIdentity, float, float]] = OrderedDict()
 
     def lookup(self, token: str) -> WorkloadIdentity | None:
         entry = self._entries.get(token)
         if entry is None:
             return None
-        identity, stored_at = entry
-        now = self.validator.clock.now()
-        if self._monotonic() - stored_at > self.max_age or \
-                identity.expires_at.timestamp() <= now.timestamp() - self.validator.leeway:
+        identity, stale_at, expired_at = entry
+        if self._monotonic() > stale_at or expired_at <= self.validator.clock.now().timestamp():
             del self._entries[token]
             return None
         return identity
 
     def store(self, token: str, identity: WorkloadIdentity) -> None:
-        self._entries[token] = (identity, self._monotonic())
+        # the validator refuses `exp <= now - leeway`; a hit is refused from the same instant on
+        self._entries[token] = (identity, self._monotonic() + self.max_age,
+                                identity.expires_at.timestamp() + self.validator.leeway)
         if len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
@@ -93,7 +94,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         self.tokens = tokens
         self.recorder = recorder
         self.clock = clock
-        self.batch = SigningBatch(clock.now)
+        self.batch = SigningBatch(clock.now, recorder=recorder)
         # a remote JWKS may block on HTTP: validate off the loop then (cache hits stay on it)
         self._remote_keys = bool(getattr(tokens.validator.keys, "remote", False))
 
@@ -109,19 +110,23 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         """Sign with a new issuing CA from the next request on (requests in flight finish on the old one)."""
         self._issuing = (signer, issuer_kid)
 
-    async def _authenticate(self, token: str | None) -> WorkloadIdentity:
-        if self._remote_keys and token and self.tokens.lookup(token) is None:
-            return await asyncio.to_thread(self.tokens.validate, token)
-        return self.tokens.validate(token)
-
     async def CreateCertificate(self, request: ca_pb2.IstioCertificateRequest,  # noqa: N802 - gRPC name
                                 context: grpc.aio.ServicerContext) -> ca_pb2.IstioCertificateResponse:
         started = time.perf_counter()
         token = bearer_token(context.invocation_metadata())
         signer, issuer_kid = self._issuing
         try:
-            identity = await self._authenticate(token)
-            issued = await self.batch.submit(signer, request.csr, identity.spiffe_id, request.validity_duration)
+            # a cache hit (the usual case: an agent reuses its token) costs a dict lookup, on the loop;
+            # a miss with a remote JWKS may block on HTTP, so it is validated off the loop
+            identity = self.tokens.lookup(token) if token else None
+            if identity is None:
+                if self._remote_keys and token:
+                    identity = await asyncio.to_thread(self.tokens.validate, token)
+                else:
+                    identity = self.tokens.validate(token)
+            # one future: resolved once the leaf is signed *and* its issuance record committed
+            issued = await self.batch.submit(signer, request.csr, identity.spiffe_id, request.validity_duration,
+                                             record_as=(identity.subject, issuer_kid))
         except TokenError as exc:
             await self._reject(context, grpc.StatusCode.UNAUTHENTICATED, f"token_{exc.reason}",
                                f"request authenticate failure: {exc.reason}", exc, token)
@@ -131,13 +136,8 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             code = grpc.StatusCode.INVALID_ARGUMENT if exc.reason == "ttl_too_long" else grpc.StatusCode.INTERNAL
             await self._reject(context, code, exc.reason if exc.reason == "ttl_too_long" else "internal",
                                exc.message, exc, token)
-        try:
-            await self.recorder.record(IssuanceRecord(
-                serial=issued.serial_hex, spiffe_id=str(issued.spiffe_id), subject=identity.subject,
-                issuer_kid=issuer_kid, not_before=issued.not_before, not_after=issued.not_after,
-                issued_at=self.clock.now()))
         except Exception as exc:  # noqa: BLE001 - never hand out a certificate the log does not hold
-            await self._reject(context, grpc.StatusCode.INTERNAL, "internal", "issuance log unavailable", exc, token)
+            await self._reject(context, grpc.StatusCode.INTERNAL, "internal", "internal error", exc, token)
         metrics.ISSUED.inc()
         metrics.SIGN_SECONDS.observe(time.perf_counter() - started)
         return ca_pb2.IstioCertificateResponse(cert_chain=signer.chain(issued))

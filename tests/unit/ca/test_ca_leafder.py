@@ -91,3 +91,17 @@ def test_der_helpers() -> None:
     inter, _, _ = _ca(ec.SECP256R1())
     assert pem_certificate(inter.public_bytes(serialization.Encoding.DER)) == \
         inter.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_reused_encodings_follow_every_change_of_time_and_identity() -> None:
+    """The template remembers the last validity and the SAN of each SPIFFE ID: a change must never reuse them."""
+    inter, key, root = _ca(ec.SECP256R1())
+    signer = Signer(inter, key, root=root, ttl=TTL, serials=lambda: 7)  # type: ignore[arg-type]
+    public_key = SUBJECT_KEYS["p256"]()
+    sids = [SpiffeId.parse(f"spiffe://example.org/ns/a/sa/{name}") for name in ("x", "y", "x")]
+    moments = [NOW, NOW, NOW + dt.timedelta(seconds=1), NOW + dt.timedelta(seconds=1), NOW]
+    for i, now in enumerate(moments):
+        for ttl in (dt.timedelta(hours=1), dt.timedelta(hours=1), dt.timedelta(hours=2)):
+            sid = sids[i % len(sids)]
+            issued = signer.sign(public_key, sid, now=now, ttl=ttl)
+            assert issued.certificate.tbs_certificate_bytes == _builder_tbs(signer, public_key, sid, 7, now, ttl)
