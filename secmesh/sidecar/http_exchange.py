@@ -4,9 +4,11 @@ MOSN's STREAM → PROXY step. The exchange sees only the stream model: downstrea
 its stream come in through `request_event`, upstream events through `upstream_event`, and it
 answers through the two `CodecSide`s (`l7_flow.py` holds the backpressure rule). Authorization
 runs first and a refusal is answered locally without touching any upstream. The request is
-kept for a replay only while it is small (`REPLAY_LIMIT`) and complete: that is what makes a
-retry safe after a connect failure, an upstream reset before the response, or a 5xx to an
-idempotent request (`upstream.ClusterState.may_retry`), never once a response byte went out.
+kept for a replay only while it fits `retry_buffer_limit` (route, else cluster; Envoy's
+`per_request_buffer_limit_bytes`) and is complete: that makes a retry safe after a connect
+failure, an upstream reset before the response, or a 5xx to an idempotent request
+(`upstream.ClusterState.may_retry`), never once a response byte went out. A larger body streams
+on without a copy (counted) and is not retried.
 """
 
 from __future__ import annotations
@@ -27,14 +29,13 @@ from secmesh.sidecar.pool import HTTP1, HTTP2, UpstreamConn, UpstreamFailure
 from secmesh.sidecar.upstream import ClusterState, Endpoint
 
 log = logging.getLogger("secmesh.sidecar.http")
-REPLAY_LIMIT = 64 * 1024
 
 
 class Exchange:
-    __slots__ = ("s", "env", "sid", "req", "grpc", "t0", "verdict", "route", "cluster", "proto", "headers",
-                 "authority", "rid", "up", "usid", "ep", "tried", "attempt", "max_retries", "pending", "replay",
-                 "replay_bytes", "req_done", "sent", "resp_started", "status", "bytes_in", "bytes_out", "done",
-                 "timer", "origin", "reason", "retrying", "connecting", "upgrade")
+    __slots__ = ("s", "env", "sid", "req", "grpc", "t0", "verdict", "route", "cluster", "proto", "headers", "authority",
+                 "rid", "up", "usid", "ep", "tried", "attempt", "max_retries", "pending", "replay", "replay_bytes",
+                 "replay_limit", "req_done", "sent", "resp_started", "status", "bytes_in", "bytes_out", "done", "timer",
+                 "origin", "reason", "retrying", "connecting", "upgrade")
 
     def __init__(self, session: Any, req: RequestHeaders) -> None:
         self.s = session
@@ -54,22 +55,18 @@ class Exchange:
         self.usid = 0
         self.ep: Endpoint | None = None
         self.tried: list[Endpoint] = []
-        self.attempt = 0
-        self.max_retries = 0
+        self.attempt = self.max_retries = 0
         self.pending: list = []
         self.replay: list | None = []
-        self.replay_bytes = 0
+        self.replay_bytes = self.replay_limit = 0
         self.req_done = req.end_stream
-        self.sent = False
-        self.resp_started = False
+        self.sent = self.resp_started = False
         self.status = 0
         self.bytes_in = self.bytes_out = 0
         self.done = False
         self.timer: Any = None               # asyncio.TimerHandle | l7_flow.Deadline
-        self.origin = "upstream"
-        self.reason = ""
-        self.retrying = False
-        self.connecting = False
+        self.origin, self.reason = "upstream", ""
+        self.retrying = self.connecting = False
         self.upgrade = b""           # b"websocket": the request asks for a tunnel (HTTP/1.1 only)
 
     # === start: authz → route → upstream ======================================================
@@ -111,6 +108,8 @@ class Exchange:
         elif timeout:
             self.timer = env.deadlines.add(timeout, self._timed_out)
         self.max_retries = route.retries if route.retries is not None else cluster.cfg.retries
+        limit = route.retry_buffer_limit
+        self.replay_limit = cluster.cfg.retry_buffer_limit if limit is None else limit
         cluster.budget.requests += 1
         self._attempt()
 
@@ -239,8 +238,9 @@ class Exchange:
         assert up is not None
         if self.replay is not None:
             self.replay_bytes += len(ev.data) if type(ev) is Data else 0
-            if self.replay_bytes > REPLAY_LIMIT:
-                self.replay = None
+            if self.replay_bytes > self.replay_limit:
+                self.replay = None               # from here on the body streams without a copy: no retry
+                up.pool.m_unbuffered.inc()
             else:
                 self.replay.append(ev)
         if type(ev) is Data:

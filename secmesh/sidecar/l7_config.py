@@ -18,6 +18,14 @@ from secmesh.identity.spiffe import InvalidSpiffeId, SpiffeId
 PROTOCOLS = ("auto", "http1", "http2")
 LB_POLICIES = ("round_robin", "least_request")
 NORMALIZATIONS = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
+RETRY_BUFFER_DEFAULT = 64 * 1024        # Envoy's per_request_buffer_limit_bytes is of this order too
+RETRY_BUFFER_MAX = 16 * 1024 * 1024     # a replay copy is held per request in flight: keep it bounded
+
+
+def _retry_buffer(value: int, what: str) -> None:
+    if not 0 <= value <= RETRY_BUFFER_MAX:
+        raise ValueError(f"{what}: `retry_buffer_limit` must be within 0..{RETRY_BUFFER_MAX} bytes "
+                         f"(16 MiB; 0 = never replay a body), got {value}")
 
 
 def _host_port(text: str, what: str) -> None:
@@ -61,7 +69,8 @@ class RouteConfig:
     headers: list[HeaderMatchConfig] = field(default_factory=list)
     cluster: str = ""
     timeout: Duration | None = None     # request timeout for this route (None: the cluster's)
-    retries: int | None = None          # max retries for this route (None: the cluster's)
+    retries: int | None = None          # max retries for this route (None: the cluster's); count only
+    retry_buffer_limit: int | None = None   # request bytes kept for a replay (None: the cluster's)
 
     def __post_init__(self) -> None:
         if not self.cluster:
@@ -79,6 +88,8 @@ class RouteConfig:
         object.__setattr__(self, "headers", list(self.headers))
         if self.retries is not None and self.retries < 0:
             raise ValueError(f"route {self.name or self.cluster}: `retries` must be >= 0")
+        if self.retry_buffer_limit is not None:
+            _retry_buffer(self.retry_buffer_limit, f"route {self.name or self.cluster}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,9 @@ class ClusterConfig:
     outlier_consecutive_failures: int = 5        # connect failures / 5xx in a row → eject the endpoint
     outlier_base_ejection: Duration = Duration(30.0)   # ejected for this × times ejected
     outlier_max_ejection_percent: float = 50.0
+    retry_buffer_limit: int = RETRY_BUFFER_DEFAULT   # request bytes kept for a replay; larger bodies stream, no retry
+    h2_keepalive_interval: Duration = Duration(0.0)  # h2: PING a connection silent this long; 0 = off
+    h2_keepalive_timeout: Duration = Duration(20.0)  # …and close it if nothing arrives within this
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -127,6 +141,11 @@ class ClusterConfig:
                              "max_streams_per_connection >= 1")
         if not 0 <= self.outlier_max_ejection_percent <= 100 or not 0 <= self.retry_budget_percent <= 100:
             raise ValueError(f"cluster {self.name}: percentages must be within 0..100")
+        _retry_buffer(self.retry_buffer_limit, f"cluster {self.name}")
+        if self.h2_keepalive_interval < 0 or self.h2_keepalive_timeout < 0 or (
+                self.h2_keepalive_interval and not self.h2_keepalive_timeout):
+            raise ValueError(f"cluster {self.name}: `h2_keepalive_interval` must be >= 0 and, when set, "
+                             "`h2_keepalive_timeout` > 0")
         object.__setattr__(self, "endpoints", list(self.endpoints))
         object.__setattr__(self, "peer_ids", list(self.peer_ids))
 

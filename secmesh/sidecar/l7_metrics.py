@@ -26,7 +26,7 @@ CODEC_ERRORS = Counter(
     registry=REGISTRY)
 UPSTREAM = Counter(
     "secmesh_sidecar_upstream_events", "Upstream pool events, by cluster and event (connect, connect_failed, "
-    "reset, retry, retry_budget_exhausted, ejected, timeout).", ["cluster", "event"], registry=REGISTRY)
+    "reset, retry, retry_budget_exhausted, unbuffered, h2_keepalive_timeout, ejected, timeout).", ["cluster", "event"], registry=REGISTRY)
 UPSTREAM_ACTIVE = Gauge("secmesh_sidecar_upstream_connections", "Upstream connections open, by cluster.",
                         ["cluster"], registry=REGISTRY, multiprocess_mode="livesum")
 

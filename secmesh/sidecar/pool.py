@@ -10,16 +10,25 @@ find no h2 connection wait for the one being dialled instead of each dialling th
 Outbound mTLS reuses the L4 rules: the workload certificate from the holder, the server's
 SPIFFE ID read from its URI SAN (`tls.peer_spiffe_id`) and required to be one of the cluster's
 `peer_ids`; ALPN offers exactly the protocol the pool will speak (`l7_tls.AlpnContexts`).
+
+HTTP/2 keepalive (Envoy's `connection_keepalive`, decided by `upstream.Keepalive`): a connection
+whose peer went silent without a FIN is aborted after a PING goes unanswered, so its streams end
+as upstream resets (retried by the usual rules) and new streams dial afresh, instead of hanging
+until the request timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import Any
 
+from hyperframe.frame import PingFrame
+
 from secmesh.errors import IdentityError
 from secmesh.identity.spiffe import TrustDomain
+from secmesh.log import log_event
 from secmesh.sidecar import l7_metrics
 from secmesh.sidecar.codec.http1_client import H1ClientCodec
 from secmesh.sidecar.codec.http2 import H2ClientCodec, H2Settings
@@ -28,11 +37,12 @@ from secmesh.sidecar.connection import nodelay
 from secmesh.sidecar.l7_flow import CodecSide, Flusher
 from secmesh.sidecar.l7_tls import AlpnContexts
 from secmesh.sidecar.tls import classify_handshake_error, peer_spiffe_id
-from secmesh.sidecar.upstream import ClusterState, Endpoint
+from secmesh.sidecar.upstream import DEAD, PING, ClusterState, Endpoint, Keepalive
 
 HTTP1, HTTP2 = "http1", "http2"
 _ALPN = {HTTP1: "http/1.1", HTTP2: "h2"}
 HIGH_WATER, LOW_WATER = 256 * 1024, 64 * 1024
+log = logging.getLogger("secmesh.sidecar.upstream")
 
 
 class UpstreamFailure(Exception):
@@ -41,7 +51,6 @@ class UpstreamFailure(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
-
 
 
 class UpstreamConn(asyncio.Protocol, CodecSide):
@@ -53,6 +62,9 @@ class UpstreamConn(asyncio.Protocol, CodecSide):
         self.peer_id: str | None = None
         self._early: list[bytes] = []
         self.started = False
+        self.last_rx = 0.0              # loop time of the last bytes received (h2 keepalive)
+        self.ka: Keepalive | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
 
     # --- asyncio callbacks ---------------------------------------------------------------------
 
@@ -71,6 +83,8 @@ class UpstreamConn(asyncio.Protocol, CodecSide):
             self._dispatch(codec.receive(data))
 
     def data_received(self, data: bytes) -> None:
+        if self._keepalive is not None:
+            self.last_rx = self.pool.manager.loop.time()
         if self.codec is None:
             self._early.append(data)
             return
@@ -87,6 +101,9 @@ class UpstreamConn(asyncio.Protocol, CodecSide):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         self.pool.lost(self)
         streams, self.streams = self.streams, {}
         for sid, ex in streams.items():
@@ -122,6 +139,42 @@ class UpstreamConn(asyncio.Protocol, CodecSide):
                 ex = streams.get(ev.stream_id)
                 if ex is not None:
                     ex.upstream_event(ev)
+
+    # --- h2 keepalive ----------------------------------------------------------------------------
+
+    def start_keepalive(self) -> None:
+        """Arm the PING timer (h2 only, `h2_keepalive_interval` > 0)."""
+        loop, cfg = self.pool.manager.loop, self.pool.cluster.cfg
+        self.last_rx = loop.time()
+        self.ka = Keepalive(float(cfg.h2_keepalive_interval), float(cfg.h2_keepalive_timeout))
+        self._keepalive = loop.call_later(self.ka.interval, self._keepalive_tick)
+
+    def _keepalive_tick(self) -> None:
+        self._keepalive = None
+        if self.closed:
+            return
+        loop, ka = self.pool.manager.loop, self.ka
+        assert ka is not None
+        action, delay = ka.step(loop.time(), self.last_rx)
+        if action == DEAD:
+            self._keepalive_expired(loop.time())
+            return
+        if action == PING:        # a whole frame after the codec's own output, so frames stay intact (the
+            self.flush_now()      # codec has no PING call; h2 reports the ACK as an event the codec drops)
+            if not self.closed and self.transport is not None:
+                self.transport.write(PingFrame(0, opaque_data=ka.pings.to_bytes(8, "big")).serialize())
+        self._keepalive = loop.call_later(delay, self._keepalive_tick)
+
+    def _keepalive_expired(self, now: float) -> None:
+        pool = self.pool
+        pool.m_keepalive.inc()
+        log_event(log, logging.WARNING, "upstream h2 keepalive timed out; closing the connection",
+                  cluster=pool.cluster.name, upstream=pool.endpoint.address, streams=len(self.streams),
+                  silent_s=round(now - self.last_rx, 2))
+        pool.retire(self)                    # new streams go to a fresh connection
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()           # connection_lost resets the streams: retry rules apply
 
     # --- what an exchange uses ------------------------------------------------------------------
 
@@ -174,6 +227,8 @@ class EndpointPool:
         self.h2: list[UpstreamConn] = []
         self._dialling: asyncio.Future[UpstreamConn] | None = None
         self.m_active = l7_metrics.upstream_active(cluster.name)
+        self.m_keepalive = l7_metrics.upstream(cluster.name, "h2_keepalive_timeout")   # bound once (P17)
+        self.m_unbuffered = l7_metrics.upstream(cluster.name, "unbuffered")
 
     def try_acquire(self) -> UpstreamConn | None:
         if self.protocol == HTTP2:
@@ -244,6 +299,8 @@ class EndpointPool:
         else:
             codec = H1ClientCodec()
         conn.start(codec)
+        if self.protocol == HTTP2 and cfg.h2_keepalive_interval > 0:
+            conn.start_keepalive()
         self.m_active.inc()
         l7_metrics.upstream(self.cluster.name, "connect").inc()
         self.flusher.flush()

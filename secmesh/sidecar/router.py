@@ -32,7 +32,8 @@ class Route:
     name: str
     cluster: str
     timeout: float | None
-    retries: int | None
+    retries: int | None                 # the count only; the retry budget is the cluster's
+    retry_buffer_limit: int | None = None
 
 
 def split_authority(authority: bytes) -> bytes:
@@ -92,7 +93,8 @@ class _Compiled:
 
     def __init__(self, cfg: RouteConfig) -> None:
         self.route = Route(cfg.name or cfg.cluster, cfg.cluster,
-                           float(cfg.timeout) if cfg.timeout is not None else None, cfg.retries)
+                           float(cfg.timeout) if cfg.timeout is not None else None, cfg.retries,
+                           cfg.retry_buffer_limit)
         self.hosts = tuple(_host_matcher(a) for a in cfg.authority)
         self.path_exact = cfg.path_exact.encode() or None
         self.path_prefix = cfg.path_prefix.encode() or None

@@ -13,7 +13,10 @@ decision is reproducible in a unit test. The connection pools that use these dec
   used again (Envoy's panic mode): refusing everything helps nobody.
 - **Retry budget** (Envoy's `retry_budget`): retries in flight may be at most `percent` of the
   requests in flight, and at least `min_concurrency`; it stops a retry storm from multiplying
-  load on an upstream that is already failing.
+  load on an upstream that is already failing. It is per cluster, as Envoy's
+  `circuit_breakers.thresholds.retry_budget`: a route's `retries` only sets the count.
+- **HTTP/2 keepalive** (Envoy's `connection_keepalive`): when to PING a quiet connection and when
+  a PING left unanswered means the peer is gone (`Keepalive.step`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Iterable
 
 from secmesh.sidecar.l7_config import ClusterConfig
 
+WAIT, PING, DEAD = "wait", "ping", "dead"
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 
 
@@ -103,6 +107,36 @@ class RetryBudget:
 
     def allows(self) -> bool:
         return self.retries < max(self.min_concurrency, self.requests * self.percent / 100.0)
+
+
+class Keepalive:
+    """PING a connection that received nothing for `interval`; dead if then nothing for `timeout`.
+
+    Any bytes received after the PING count as an answer (Envoy extends the timeout on every frame),
+    so a PING ACK queued behind a large response never cuts a healthy connection."""
+
+    __slots__ = ("interval", "timeout", "ping_at", "pings")
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval, self.timeout = interval, timeout
+        self.ping_at = 0.0          # when the unanswered PING went out; 0: none
+        self.pings = 0
+
+    def step(self, now: float, last_rx: float) -> tuple[str, float]:
+        """(WAIT | PING | DEAD, seconds until the next step)."""
+        if self.ping_at:
+            if last_rx >= self.ping_at:
+                self.ping_at = 0.0
+            elif now - self.ping_at >= self.timeout:
+                return DEAD, 0.0
+            else:
+                return WAIT, self.ping_at + self.timeout - now
+        quiet = now - last_rx
+        if quiet < self.interval:
+            return WAIT, self.interval - quiet
+        self.ping_at = now
+        self.pings += 1
+        return PING, self.timeout
 
 
 class ClusterState:
