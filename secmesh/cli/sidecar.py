@@ -133,7 +133,11 @@ def _supervise(config: Any, count: int, runtime: Any, policies: Any, inherited: 
     sup = Supervisor(count, worker, on_exit=runtime.forget)
     handover = None
     if config.hot_restart_socket:
-        handover = SupervisorHandOver(config.hot_restart_socket, sockets, inherited, runtime.all_ready, sup.stop)
+        def handed_over() -> None:            # the successor serves: our workers drain without the admin port
+            runtime.mark_handed_over()
+            sup.stop()
+
+        handover = SupervisorHandOver(config.hot_restart_socket, sockets, inherited, runtime.all_ready, handed_over)
         sup.on_started = handover.start
     mark_process_dead(os.getpid(), runtime.path)   # the supervisor's own (import-time) gauges are nobody's
     log_event(logging.getLogger("secmesh.sidecar.workers"), logging.INFO, "runtime directory (readiness, metrics)",

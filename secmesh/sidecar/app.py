@@ -214,6 +214,11 @@ class Sidecar:
             await stopper
         waiter.cancel()
         log_event(log, logging.INFO, "draining", worker=self.worker, drain_timeout_s=cfg.drain_timeout)
+        if admin is not None and self._handed_over():
+            # The successor holds the same admin socket and is ready: leave every probe and scrape
+            # to it, or a kubelet would see our draining 503 on /ready half of the time.
+            admin.close()
+            admin = None
         for lst in self.listeners:
             lst.stop_accepting()
         self._publish()
@@ -233,6 +238,12 @@ class Sidecar:
             self.hot_restart.close()
         log_event(log, logging.INFO, "stopped", worker=self.worker, aborted_connections=aborted)
         return self.exit_code
+
+    def _handed_over(self) -> bool:
+        """This drain is a hot restart's: a successor took the sockets over and serves."""
+        if self.runtime is not None:
+            return self.runtime.handed_over()
+        return self.hot_restart is not None and self.hot_restart.replaced
 
     def _publish(self) -> None:
         """N > 1: tell the runtime directory whether this worker is ready, and its certificate's expiry.

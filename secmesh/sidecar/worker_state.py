@@ -115,6 +115,13 @@ class RuntimeDir:
             pass
         mark_process_dead(pid, self.path)
 
+    def mark_handed_over(self) -> None:
+        """A hot restart's successor serves now: the workers that drain leave the admin port to it."""
+        (Path(self.path) / "handed-over").touch()
+
+    def handed_over(self) -> bool:
+        return (Path(self.path) / "handed-over").exists()
+
     # -- admin (worker 0) ----------------------------------------------------------------------
 
     def _read(self, index: int) -> dict[str, Any]:
