@@ -6,7 +6,8 @@ differs by role: who opens streams, the request/response pseudo-headers, and dra
 
 from __future__ import annotations
 
-from secmesh.sidecar.codec.http2_conn import STATUS_BYTES, PREFACE, H2Codec, H2Settings, outbound_headers
+from secmesh.sidecar.codec.http2_conn import STATUS_BYTES, PREFACE, H2Codec, H2Settings
+from secmesh.sidecar.codec.http2_headers import outbound_fields
 from secmesh.sidecar.codec.stream import CodecUsageError, ErrorCode, Event, Headers, Reason, StreamReset
 
 __all__ = ["PREFACE", "H2ClientCodec", "H2ServerCodec", "H2Settings"]
@@ -47,10 +48,10 @@ class H2ServerCodec(H2Codec):
     def send_informational(self, stream_id: int, status: int = 100, headers: Headers | None = None) -> None:
         if not 100 <= status < 200 or status == 101:
             raise CodecUsageError(f"{status} is not an HTTP/2 informational status")
-        self._send_headers(stream_id, [(b":status", STATUS_BYTES[status])] + outbound_headers(headers or []), False)
+        self._send_headers(stream_id, outbound_fields(headers or [], [(b":status", STATUS_BYTES[status])]), False)
 
     def send_response(self, stream_id: int, status: int, headers: Headers, end_stream: bool = False) -> None:
-        self._send_headers(stream_id, [(b":status", STATUS_BYTES[status])] + outbound_headers(headers), end_stream)
+        self._send_headers(stream_id, outbound_fields(headers, [(b":status", STATUS_BYTES[status])]), end_stream)
 
     def start_drain(self) -> None:
         if not self._draining and not self._fatal:
@@ -79,11 +80,14 @@ class H2ClientCodec(H2Codec):
         sid = self._h2.get_next_available_stream_id()
         if method == b"CONNECT":
             pseudo = [(b":method", method), (b":authority", authority)]
-        else:
+        elif path and scheme:                     # h2 no longer checks what we send: we do
             pseudo = [(b":method", method), (b":scheme", scheme), (b":authority", authority),
                       (b":path", path)]
+        else:
+            raise CodecUsageError("an HTTP/2 request needs a non-empty :path and :scheme")
+        headers = outbound_fields(headers, pseudo)
         self._open[sid] = 0
-        self._send_headers(sid, pseudo + outbound_headers(headers), end_stream)
+        self._send_headers(sid, headers, end_stream)
         return sid
 
     def start_drain(self) -> None:
