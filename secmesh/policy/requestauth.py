@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 from urllib.parse import parse_qsl
@@ -242,6 +243,9 @@ class RequestAuthenticator:
         return AuthResult("ok", split_space_delimited(claims, p.split), "", tuple(remove), tuple(add), claims)
 
 
+_UNSAFE_IN_VALUE = re.compile("[\r\n\x00]")
+
+
 def claim_header_value(claims: Mapping[str, Any], name: str) -> str:
     """`outputClaimToHeaders`: Envoy's rendering of a (possibly `a.b` nested) claim; "" = no header."""
     cur: Any = claims
@@ -252,7 +256,10 @@ def claim_header_value(claims: Mapping[str, Any], name: str) -> str:
     if isinstance(cur, bool):
         return "true" if cur else "false"
     if isinstance(cur, str):
-        return cur
+        # A signed claim is still the token issuer's data, not ours: a CR, LF or NUL in it would
+        # split the header it is copied into (request smuggling on an HTTP/1.1 upstream), and
+        # HTTP/2 forbids them. Such a claim is not copied, as an absent one.
+        return "" if _UNSAFE_IN_VALUE.search(cur) else cur
     if isinstance(cur, (int, float)):
         d = float(cur)
         if d < 0 or d >= 2.0 ** 64 or not d.is_integer():

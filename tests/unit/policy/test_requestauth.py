@@ -149,11 +149,12 @@ def test_output_headers_are_sanitized_even_without_a_token(issuer: TokenIssuer) 
 @pytest.mark.parametrize("value,expected", [
     ("s", "s"), (True, "true"), (False, "false"), (42, "42"), (1.5, "1.500000"), (-3, "-3.000000"),
     (["a", "b"], base64.b64encode(b'["a","b"]').decode()), ({"k": 1}, base64.b64encode(b'{"k":1}').decode()),
-    (None, ""),
+    (None, ""), ("a\r\nx-evil: 1", ""), ("a\nb", ""), ("a\x00b", ""),
 ])
 def test_claim_header_rendering(value: object, expected: str) -> None:
     """Envoy addJWTClaimToHeader: strings, integers, booleans; other numbers as C++ to_string; lists and
-    objects as base64 JSON; anything else (null) adds no header."""
+    objects as base64 JSON; anything else (null) adds no header, and neither does a string that
+    would split the header (CR, LF, NUL)."""
     assert claim_header_value({"c": value}, "c") == expected
 
 
