@@ -212,15 +212,20 @@ def _aio_client_proc(target: str, bundle: bytes, token: str, csrs: list[str], co
     out.put(uvloop.run(main()))
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its children (the workers), Linux /proc."""
-    total = 0.0
+def _tree_pids(pid: int) -> list[int]:
+    """A process and its children (the CA's workers), Linux /proc."""
     pids = [pid]
     try:
         pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         pass
-    for p in pids:
+    return pids
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children (the workers), Linux /proc."""
+    total = 0.0
+    for p in _tree_pids(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -233,12 +238,7 @@ def _tree_run_delay_seconds(pid: int) -> float:
     """Time the threads of a process and its children spent runnable but waiting for a core
     (/proc/PID/task/TID/schedstat, 2nd field): how much the shared box held the server back."""
     total = 0
-    pids = [pid]
-    try:
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        pass
-    for p in pids:
+    for p in _tree_pids(pid):
         for task in Path(f"/proc/{p}/task").glob("*"):
             try:
                 total += int((task / "schedstat").read_text().split()[1])
