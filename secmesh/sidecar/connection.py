@@ -193,6 +193,10 @@ class _Downstream(Pipe):
         if self._setup_done:
             self._finish()
 
+    def wire_protocol(self) -> str:
+        """What the connection carried, for its log line: `tcp` here; the HTTP kinds say which."""
+        return "tcp"
+
     def _finish(self) -> None:
         if self._finished:
             return
@@ -213,7 +217,7 @@ class _Downstream(Pipe):
                 "upstream": ctx.upstream_text, "bytes_up": up_bytes,
                 "bytes_down": down_bytes, "duration_ms": round((ctx.loop.time() - self.started) * 1000, 1),
                 "tls_version": self.tls_version, "cipher": self.cipher, "tls_resumed": self.tls_resumed,
-                "result": self.result,
+                "protocol": self.wire_protocol(), "result": self.result,
                 "reason": self.reason, "policy": self.policy})
 
 

@@ -39,6 +39,10 @@ class _HttpConn:
     _nread = 0
     _early: list[bytes] | None = None
 
+    def wire_protocol(self) -> str:
+        s = self.session
+        return (s.protocol if s is not None else "") or "http"
+
     @property
     def nbytes(self) -> int:       # type: ignore[override]
         s = self.session
@@ -148,6 +152,9 @@ class _AutoConn(_HttpConn):
     _eof = False
     _timer: asyncio.TimerHandle | None = None
     _waiter: asyncio.Future[str | None] | None = None
+
+    def wire_protocol(self) -> str:
+        return self._proto or "undetected"      # http1 / http2 / tcp, as the metric labels them
 
     # -- asyncio callbacks: sniffing, then whichever path was chosen -------------------------------
 

@@ -11,6 +11,7 @@ Server listeners (policies see the workload ports 9001..9003):
 
 from __future__ import annotations
 
+import json
 import socket
 import socketserver
 import textwrap
@@ -257,6 +258,13 @@ def test_raw_tcp_on_the_same_port_is_echoed(mesh: AutoMesh) -> None:
         assert echo_roundtrip(s, payload) == payload
         assert echo_roundtrip(s, b"GET / HTTP/1.1\r\n\r\n") == b"GET / HTTP/1.1\r\n\r\n"   # later bytes: opaque
     assert _detected(mesh, "server", "in-a", "tcp") == before + 1
+
+    def logged() -> list[dict]:
+        return [json.loads(line) for line in mesh.procs["server"].output().splitlines()
+                if '"msg":"connection"' in line and '"listener":"in-a"' in line
+                and "sa/tcp-client" in line]
+    wait_until(lambda: logged(), timeout=10, what="the connection's log line")
+    assert logged()[-1]["protocol"] == "tcp"
 
 
 def test_a_partial_http_looking_first_read_still_ends_as_tcp(mesh: AutoMesh) -> None:
