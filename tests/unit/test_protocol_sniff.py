@@ -181,3 +181,14 @@ def test_auto_port_is_decided_with_the_http_rules_and_hands_needs_request_to_l7(
 def test_auto_port_without_l7_fails_closed_at_connection_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
     d = _authorizer(tmp_path, "auto", l7=False).decide(_info("spiffe://td/ns/other/sa/a"))
     assert not d.allowed and d.code == "needs_request_no_l7" and "not available" in d.reason
+
+
+def test_auto_ports_detect_what_the_codec_registry_knows(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One registry: a rule added to `codec.detect` is found by `protocol: auto` too (ALPN and bytes)."""
+    from secmesh.sidecar.codec import detect as registry
+
+    monkeypatch.setattr(registry, "RULES", list(registry.RULES))
+    registry.register(registry.Rule("redis", ("redis",), lambda b: b.startswith(b"*") or None if b else None))
+    assert sniff(b"*1\r\n$4\r\nPING\r\n") == "redis"
+    assert by_alpn("redis") == "redis"
+    assert sniff(b"GET / HTTP/1.1\r\n") == HTTP1

@@ -20,10 +20,13 @@ PREFACE = d.H2_PREFACE
     (PREFACE[:10], None, "auto", False, None),                 # could still be h2
     (b"P", None, "auto", False, None),                         # h2 or POST/PUT/PATCH…
     (b"PRI * HTTP/1.1\r\n", None, "auto", False, d.TCP),       # PRI is no HTTP/1 method
-    # HTTP/1.x request lines
+    # HTTP/1.x request lines: an "auto" port (TCP otherwise) waits for the whole line
     (b"GET / HTTP/1.1\r\n", None, "auto", False, d.HTTP1),
-    (b"POST ", None, "auto", False, d.HTTP1),
-    (b"PROPFIND /x HTTP/1.1", None, "auto", False, d.HTTP1),
+    (b"POST ", None, "auto", False, None),
+    (b"POST ", None, "http", False, d.HTTP1),                 # an "http" port: method + space will do
+    (b"PROPFIND /x HTTP/1.1", None, "auto", False, None),
+    (b"PROPFIND /x HTTP/1.1\r\n", None, "auto", False, d.HTTP1),
+    (b"GET \x00\x01 HTTP/1.1\r\n", None, "auto", False, d.TCP),   # not a request target
     (b"OPTIO", None, "auto", False, None),
     (b"GE", None, "auto", True, d.TCP),                        # undecided at EOF: opaque
     (b"get / HTTP/1.1\r\n", None, "auto", False, d.TCP),       # methods are case-sensitive
@@ -46,12 +49,16 @@ def test_detection_table(first, alpn, port, final, expected):
 def test_max_sniff_forces_a_decision():
     assert d.detect(b"P" * d.MAX_SNIFF) == d.TCP
     assert d.detect(b"OPTIONS" + b"X" * 40) == d.TCP
+    assert d.detect(b"GET /" + b"a" * d.STRICT_MAX_SNIFF) == d.TCP        # auto: no endless wait
+    assert d.detect(b"GET /" + b"a" * 40, port_protocol="http") == d.HTTP1
 
 
 def test_every_prefix_of_a_request_line_waits_then_decides():
     line = b"DELETE /items/1 HTTP/1.1\r\n"
     verdicts = [d.detect(line[:i]) for i in range(1, len(line) + 1)]
-    assert verdicts[:6] == [None] * 6 and set(verdicts[6:]) == {d.HTTP1}
+    assert verdicts == [None] * (len(line) - 1) + [d.HTTP1]
+    lax = [d.detect(line[:i], port_protocol="http") for i in range(1, len(line) + 1)]
+    assert lax[:6] == [None] * 6 and set(lax[6:]) == {d.HTTP1}
 
 
 def test_a_new_protocol_is_one_rule(monkeypatch):
