@@ -47,6 +47,26 @@ def enable_multiprocess(path: str) -> None:
         values.ValueClass = values.get_value_class()   # type: ignore[attr-defined]
 
 
+PREFIX = "secmesh-sidecar-"
+
+
+def remove_stale(parent: str | None = None) -> list[str]:
+    """Remove our runtime directories whose supervisor is gone; returns what was removed."""
+    base = Path(parent or tempfile.gettempdir())
+    removed = []
+    uid = os.getuid()
+    for d in base.glob(PREFIX + "*-*"):
+        pid_text = d.name[len(PREFIX):].split("-", 1)[0]
+        try:
+            if not pid_text.isdigit() or _alive(int(pid_text)) or d.stat().st_uid != uid or not d.is_dir():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(str(d))
+    return removed
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -77,9 +97,15 @@ class RuntimeDir:
         self._published: tuple[int, bool] | None = None
 
     @classmethod
-    def create(cls, count: int) -> RuntimeDir:
-        """mkdtemp (0700) and multiprocess metrics on; call in the supervisor before importing metrics."""
-        path = tempfile.mkdtemp(prefix="secmesh-sidecar-")
+    def create(cls, count: int, parent: str | None = None) -> RuntimeDir:
+        """mkdtemp (0700) and multiprocess metrics on; call in the supervisor before importing metrics.
+
+        The name carries the supervisor's pid, so a later supervisor can remove the directories
+        of dead ones (`remove_stale`): a supervisor killed with SIGKILL cannot clean up, and each
+        directory holds a megabyte-sized mmap file per worker, in a /tmp that is often RAM.
+        """
+        remove_stale(parent)
+        path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
         os.chmod(path, 0o700)
         enable_multiprocess(path)
         return cls(path, count, os.getpid())
