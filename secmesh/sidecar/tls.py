@@ -26,19 +26,13 @@ keeps it as safe as a full handshake:
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import ssl
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from secmesh.errors import IdentityError
-from secmesh.identity.bundle import load_pem_certificates
-from secmesh.identity.keys import load_private_key_pem
 from secmesh.identity.spiffe import InvalidSpiffeId, SpiffeId, TrustDomain
+from secmesh.sidecar.certinfo import CertInfo, certificates, check_key_matches, private_file
 
 
 @dataclass(frozen=True)
@@ -57,64 +51,42 @@ class CertMaterial:
         return f"CertMaterial(id={self.spiffe_id}, not_after={self.not_after.isoformat()}, fp={self.fingerprint[:16]})"
 
 
-def _spiffe_id_of(cert: x509.Certificate) -> SpiffeId | None:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) != 1:
+def _spiffe_id_of(cert: CertInfo) -> SpiffeId | None:
+    if len(cert.uris) != 1:
         return None
     try:
-        return SpiffeId.parse(uris[0])
+        return SpiffeId.parse(cert.uris[0])
     except InvalidSpiffeId:
         return None
 
 
-def check_leaf_key(chain_pem: bytes, key_pem: bytes, *, now: _dt.datetime) -> list[x509.Certificate]:
+def check_leaf_key(chain_pem: bytes, key_pem: bytes, *, now: _dt.datetime) -> list[CertInfo]:
     """Chain parses, the key matches the leaf, the leaf has not expired; returns the chain."""
-    chain = load_pem_certificates(chain_pem, what="certificate chain")
+    chain = certificates(chain_pem, "certificate chain")
     if not chain:
         raise IdentityError("certificate chain is empty", reason="empty_chain")
-    key = load_private_key_pem(key_pem)
+    check_key_matches(chain_pem, key_pem)
     leaf = chain[0]
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if key.public_key().public_bytes(*fmt) != leaf.public_key().public_bytes(*fmt):
-        raise IdentityError("private key does not match the leaf certificate", reason="key_mismatch")
-    if leaf.not_valid_after_utc <= now:
-        raise IdentityError(f"leaf certificate expired at {leaf.not_valid_after_utc.isoformat()}",
-                            reason="expired")
+    if leaf.not_after <= now:
+        raise IdentityError(f"leaf certificate expired at {leaf.not_after.isoformat()}", reason="expired")
     return chain
 
 
 def validate_material(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, *, now: _dt.datetime) -> CertMaterial:
     """Check a cert/key/bundle triple; raise IdentityError with a closed reason if it must be refused."""
     chain = check_leaf_key(chain_pem, key_pem, now=now)
-    roots = load_pem_certificates(bundle_pem, what="trust bundle")
+    roots = certificates(bundle_pem, "trust bundle")
     if not roots:
         raise IdentityError("trust bundle is empty", reason="empty_bundle")
     leaf = chain[0]
-    return CertMaterial(chain_pem, key_pem, bundle_pem, _spiffe_id_of(leaf), leaf.not_valid_after_utc,
-                        min(r.not_valid_after_utc for r in roots), leaf.fingerprint(_sha256()).hex())
-
-
-def _sha256() -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return hashes.SHA256()
+    return CertMaterial(chain_pem, key_pem, bundle_pem, _spiffe_id_of(leaf), leaf.not_after,
+                        min(r.not_after for r in roots), leaf.fingerprint)
 
 
 def _load_chain(ctx: ssl.SSLContext, material: CertMaterial) -> None:
-    """`load_cert_chain` only reads files: write chain+key to a 0600 temp file, load it, remove it."""
-    tmpdir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    fd, path = tempfile.mkstemp(prefix="secmesh-", suffix=".pem", dir=tmpdir)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(material.chain_pem.rstrip(b"\n") + b"\n" + material.key_pem)
+    """`load_cert_chain` only reads files: chain+key in a 0600 temp file for the call."""
+    with private_file(material.chain_pem.rstrip(b"\n") + b"\n" + material.key_pem) as path:
         ctx.load_cert_chain(path)
-    finally:
-        os.unlink(path)
 
 
 class _DirectSSLObject(ssl.SSLObject):

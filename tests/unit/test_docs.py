@@ -283,6 +283,7 @@ def _request_outcomes() -> set[str]:
 
 def _cert_refusals() -> set[str]:
     return (kwarg_strings("sidecar/tls.py", funcs=["check_leaf_key", "validate_material"])
+            | kwarg_strings("sidecar/certinfo.py", funcs=["certificates", "check_key_matches"])
             | kwarg_strings("sidecar/sds_client.py") | kwarg_strings("sidecar/certstore.py")
             | kwarg_strings("identity/bundle.py", funcs=["load_pem_certificates"])
             | kwarg_strings("identity/keys.py", funcs=["load_private_key_pem"]))
