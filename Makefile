@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: all test demo ca-demo proto bench lint-policies clean-venv help
+.PHONY: all test demo ca-demo proto bench bench-sidecar lint-policies clean-venv help
 
 help:
 	@echo "make demo     - the whole mesh on loopback: allowed (XFCC), forbidden path (403), denied identity, plaintext refused, rotation"
@@ -18,7 +18,8 @@ help:
 	@echo "make test     - run the whole test suite (unit, conformance, fuzz, integration, e2e)"
 	@echo "make proto    - regenerate the gRPC stubs from secmesh/proto/*.proto"
 	@echo "make lint-policies - lint and test the policies in policies/ with secmesh itself"
-	@echo "make bench    - run the benchmarks in bench/ (sidecar: bench/sidecar.sh, needs haproxy nginx wrk)"
+	@echo "make bench    - the CA, authz, policy-tool and SDS fan-out benchmarks in bench/"
+	@echo "make bench-sidecar - the sidecar L4 and L7 (h1, h2, gRPC) benchmarks vs HAProxy (needs haproxy nginx wrk h2load)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/authz.py
 	$(BIN)/python bench/policy_tools.py
 	$(BIN)/python bench/sds_fanout.py
+
+bench-sidecar: $(STAMP)
+	bash bench/sidecar.sh
+	bash bench/sidecar_l7.sh
 
 clean-venv:
 	rm -rf $(VENV)
