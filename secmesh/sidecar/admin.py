@@ -7,8 +7,9 @@ fingerprint of what is held.
 With `--workers N` it runs in worker 0 but speaks for the whole sidecar through the supervisor's
 runtime directory (`worker_state.RuntimeDir`): `/metrics` merges every worker's values, `/ready`
 is 200 only when every worker holds a certificate and listens, `/live` when the supervisor and
-every worker are alive. `/certs`, `/policies` and `/clusters` stay worker 0's own view (every
-worker loads the same sources).
+every worker are alive. `/clusters` lists each worker's own pools and ejections (the others' as
+they published them, at most a second old). `/certs` and `/policies` stay worker 0's own view
+(every worker loads the same sources).
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class AdminState:
             return 200, "application/json", json.dumps(self._policies(), indent=2).encode() + b"\n"
         if path == "/clusters":   # L7 upstreams: endpoints, requests in flight, outlier ejections
             doc = self.clusters() if self.clusters is not None else {}
+            if self.runtime is not None:
+                # Each worker has its own pools and outlier detectors: one view per worker (the
+                # others' as they published them, at most a second old).
+                views = self.runtime.views("clusters")
+                views[0] = doc
+                doc = {"workers": {str(i): views[i] for i in sorted(views)}}
             return 200, "application/json", json.dumps(doc, indent=2).encode() + b"\n"
         return 404, "text/plain", b"not found\n"
 

@@ -246,7 +246,8 @@ class Sidecar:
         return self.hot_restart is not None and self.hot_restart.replaced
 
     def _publish(self) -> None:
-        """N > 1: tell the runtime directory whether this worker is ready, and its certificate's expiry.
+        """N > 1: tell the runtime directory whether this worker is ready, its certificate's expiry, and
+        its L7 clusters' state.
 
         The expiry gauges are callbacks (`set_function`) in memory, which another process cannot
         call: with multiprocess metrics their value is written here instead, once a second.
@@ -261,6 +262,8 @@ class Sidecar:
         ready = self.is_ready()
         metrics.READY.set(1 if ready else 0)
         self.runtime.publish(self.worker, ready)
+        if self.l7 is not None:        # worker 0's /clusters shows every worker's pools and ejections
+            self.runtime.publish_view(self.worker, "clusters", self.l7.manager.describe())
 
     async def _publish_loop(self) -> None:
         while True:

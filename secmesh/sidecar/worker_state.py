@@ -128,6 +128,23 @@ class RuntimeDir:
         os.replace(tmp, self._file(index))
         self._published = state
 
+    def publish_view(self, index: int, name: str, doc: Any) -> None:
+        """A worker's own view for an admin endpoint (`clusters`), rewritten atomically each second."""
+        final = Path(self.path) / f"{name}-{index}.json"
+        tmp = final.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, final)
+
+    def views(self, name: str) -> dict[int, Any]:
+        """Every worker's last published view of `name`, by worker index (absent: not published yet)."""
+        out: dict[int, Any] = {}
+        for i in range(self.count):
+            try:
+                out[i] = json.loads((Path(self.path) / f"{name}-{i}.json").read_text())
+            except (OSError, ValueError):
+                continue
+        return out
+
     # -- supervisor side -----------------------------------------------------------------------
 
     def forget(self, index: int, pid: int) -> None:
