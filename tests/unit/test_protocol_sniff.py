@@ -143,13 +143,25 @@ spec:
 """
 
 
-def _authorizer(tmp_path, protocol: str, *, l7: bool):  # type: ignore[no-untyped-def]
+_DENY_ADMIN = """\
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: prod}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"]}}]
+"""
+
+
+def _authorizer(tmp_path, protocol: str, *, l7: bool, extra: str = ""):  # type: ignore[no-untyped-def]
     from secmesh.sidecar.authz_policy import PolicyAuthorizer
     from secmesh.sidecar.config import load
     from secmesh.sidecar.policy_source import PolicySource
 
     pfile = tmp_path / "p.yaml"
-    pfile.write_text(_POLICIES)
+    pfile.write_text(_POLICIES + extra)
     cfg_path = tmp_path / "sidecar.yaml"
     cfg_path.write_text(f"trust_domain: td\npolicies: {pfile}\nworkload: {{namespace: prod}}\nlisteners:\n"
                         f"  - {{name: in, address: '127.0.0.1:15006', upstream: '127.0.0.1:8080', "
@@ -176,6 +188,19 @@ def test_auto_port_is_decided_with_the_http_rules_and_hands_needs_request_to_l7(
     d = authz.decide(_info("spiffe://td/ns/front/sa/a"))             # decided on connection attributes
     assert d.allowed and d.code == "allow_policy"
     assert refuse_tcp(d.code) is None
+
+
+def test_an_http_deny_rule_cannot_be_dodged_by_speaking_something_that_sniffs_as_tcp(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A DENY on paths: a client the ALLOW admits must not get a TCP splice past it by sending bytes
+    the sniffer does not take for HTTP (a backend might still parse them as a request). On TCP,
+    Istio drops the HTTP fields of a DENY rule, so it denies; `auto` refuses such a connection too."""
+    from secmesh.sidecar.authz_policy import refuse_tcp
+
+    d = _authorizer(tmp_path, "auto", l7=True, extra=_DENY_ADMIN).decide(_info("spiffe://td/ns/front/sa/a"))
+    assert d.allowed and d.code == "needs_request"                  # HTTP: decided per request
+    assert refuse_tcp(d.code) is not None                          # TCP: refused
+    assert not _authorizer(tmp_path, "tcp", l7=False, extra=_DENY_ADMIN).decide(
+        _info("spiffe://td/ns/front/sa/a")).allowed                 # as on a plain tcp port
 
 
 def test_auto_port_without_l7_fails_closed_at_connection_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
