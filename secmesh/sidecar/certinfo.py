@@ -32,6 +32,8 @@ from typing import Any, Iterator
 from secmesh.errors import IdentityError
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL)
+NO_PASSWORD = b""   # never OpenSSL's interactive prompt: an encrypted key is refused as `bad_key`
+_MISMATCH = frozenset(("KEY_VALUES_MISMATCH", "KEY_TYPE_MISMATCH", "NO_CERTIFICATE_ASSIGNED"))
 _TMPDIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
@@ -82,8 +84,10 @@ def check_key_matches(chain_pem: bytes, key_pem: bytes) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with private_file(chain_pem.rstrip(b"\n") + b"\n" + key_pem) as path:
         try:
-            ctx.load_cert_chain(path)
+            ctx.load_cert_chain(path, password=NO_PASSWORD)
         except ssl.SSLError as exc:
-            if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            # A parsable key of the leaf's type with other values, or of another type (OpenSSL files
+            # it under that type's empty certificate slot): both are the wrong key, not a bad one.
+            if exc.reason in _MISMATCH:
                 raise IdentityError("private key does not match the leaf certificate", reason="key_mismatch") from None
             raise IdentityError(f"cannot read private key: {exc.reason or exc}", reason="bad_key") from None

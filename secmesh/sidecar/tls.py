@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from secmesh.errors import IdentityError
 from secmesh.identity.spiffe import InvalidSpiffeId, SpiffeId, TrustDomain
-from secmesh.sidecar.certinfo import CertInfo, certificates, check_key_matches, private_file
+from secmesh.sidecar.certinfo import NO_PASSWORD, CertInfo, certificates, check_key_matches, private_file
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def validate_material(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, *, no
 def _load_chain(ctx: ssl.SSLContext, material: CertMaterial) -> None:
     """`load_cert_chain` only reads files: chain+key in a 0600 temp file for the call."""
     with private_file(material.chain_pem.rstrip(b"\n") + b"\n" + material.key_pem) as path:
-        ctx.load_cert_chain(path)
+        ctx.load_cert_chain(path, password=NO_PASSWORD)
 
 
 class _DirectSSLObject(ssl.SSLObject):

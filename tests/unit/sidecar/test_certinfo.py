@@ -90,12 +90,18 @@ def test_key_checks() -> None:
     ca = TestCA("cluster.local")
     leaf, other = ca.issue(sa("a", "b")), ca.issue(sa("a", "c"))
     check_key_matches(leaf.chain_pem, leaf.key_pem)
-    with pytest.raises(IdentityError) as e:
-        check_key_matches(leaf.chain_pem, other.key_pem)
-    assert e.value.reason == "key_mismatch"
-    with pytest.raises(IdentityError) as e:
-        check_key_matches(leaf.chain_pem, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-    assert e.value.reason == "bad_key"
+    rsa_key = rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    for wrong in (other.key_pem, rsa_key):           # same type other values; another type
+        with pytest.raises(IdentityError) as e:
+            check_key_matches(leaf.chain_pem, wrong)
+        assert e.value.reason == "key_mismatch"
+    encrypted = leaf.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(b"secret"))
+    for bad in (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", encrypted):
+        with pytest.raises(IdentityError) as e:       # never an interactive password prompt
+            check_key_matches(leaf.chain_pem, bad)
+        assert e.value.reason == "bad_key"
 
 
 def test_the_sidecar_data_plane_does_not_load_cryptography() -> None:
