@@ -106,7 +106,7 @@ class HttpSession(CodecSide):
         self._timer: asyncio.TimerHandle | None = None
         self._lost = False
         env.sessions.add(self)
-        proto = {"h2": codec_detect.HTTP2, "http/1.1": codec_detect.HTTP1}.get(alpn or "")
+        proto = codec_detect.by_alpn(alpn)
         if proto:
             self._start_codec(proto)
         else:

@@ -35,13 +35,7 @@ MAX_SNIFF = STRICT_MAX_SNIFF       # a request line longer than this is not wort
 DEFAULT_TIMEOUT = 0.1              # seconds; Istio's historical protocolDetectionTimeout (now 0s = off)
 
 
-def by_alpn(alpn: str | None) -> str | None:
-    """The protocol an ALPN id fixes (`h2` → http2, `http/1.1` → http1), or None (sniff)."""
-    if alpn:
-        for rule in _registry.RULES:
-            if alpn in rule.alpn:
-                return rule.protocol
-    return None
+by_alpn = _registry.by_alpn
 
 
 def sniff(first: bytes, *, final: bool = False, limit: int = MAX_SNIFF) -> str | None:

@@ -116,6 +116,15 @@ def rule_for(protocol: str) -> Rule | None:
     return next((r for r in RULES if r.protocol == protocol), None)
 
 
+def by_alpn(alpn: str | None) -> str | None:
+    """The protocol a negotiated ALPN id fixes (`h2` → http2, `http/1.1` → http1), or None (sniff)."""
+    if alpn:
+        for rule in RULES:
+            if alpn in rule.alpn:
+                return rule.protocol
+    return None
+
+
 def detect(first: bytes, alpn: str | None = None, *, port_protocol: str = "auto",
            final: bool = False, limit: int | None = None) -> str | None:
     """Protocol for this connection, or None if more bytes are needed.
@@ -129,10 +138,9 @@ def detect(first: bytes, alpn: str | None = None, *, port_protocol: str = "auto"
         return TCP
     if port_protocol not in ("auto", "http"):
         return port_protocol
-    if alpn:
-        for rule in RULES:
-            if alpn in rule.alpn:
-                return rule.protocol
+    proto = by_alpn(alpn)
+    if proto is not None:
+        return proto
     strict = port_protocol == "auto"
     if limit is None:
         limit = STRICT_MAX_SNIFF if strict else MAX_SNIFF
