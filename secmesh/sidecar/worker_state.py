@@ -113,8 +113,22 @@ class RuntimeDir:
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def _file(self, index: int) -> Path:
-        return Path(self.path) / f"worker-{index}.json"
+    def _file(self, index: int, kind: str = "worker") -> Path:
+        return Path(self.path) / f"{kind}-{index}.json"
+
+    def _write(self, path: Path, doc: Any) -> None:
+        """Atomically (rename), so a reader never sees half a document."""
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _load(path: Path) -> Any:
+        """The document, or None when absent or unreadable (a worker not started yet, or gone)."""
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     # -- worker side ---------------------------------------------------------------------------
 
@@ -123,27 +137,17 @@ class RuntimeDir:
         state = (os.getpid(), ready)
         if state == self._published:
             return
-        tmp = self._file(index).with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"pid": state[0], "ready": ready}))
-        os.replace(tmp, self._file(index))
+        self._write(self._file(index), {"pid": state[0], "ready": ready})
         self._published = state
 
     def publish_view(self, index: int, name: str, doc: Any) -> None:
         """A worker's own view for an admin endpoint (`clusters`), rewritten atomically each second."""
-        final = Path(self.path) / f"{name}-{index}.json"
-        tmp = final.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, final)
+        self._write(self._file(index, name), doc)
 
     def views(self, name: str) -> dict[int, Any]:
         """Every worker's last published view of `name`, by worker index (absent: not published yet)."""
-        out: dict[int, Any] = {}
-        for i in range(self.count):
-            try:
-                out[i] = json.loads((Path(self.path) / f"{name}-{i}.json").read_text())
-            except (OSError, ValueError):
-                continue
-        return out
+        docs = {i: self._load(self._file(i, name)) for i in range(self.count)}
+        return {i: doc for i, doc in docs.items() if doc is not None}
 
     # -- supervisor side -----------------------------------------------------------------------
 
@@ -168,10 +172,7 @@ class RuntimeDir:
     # -- admin (worker 0) ----------------------------------------------------------------------
 
     def _read(self, index: int) -> dict[str, Any]:
-        try:
-            doc = json.loads(self._file(index).read_text())
-        except (OSError, ValueError):
-            return {}
+        doc = self._load(self._file(index))
         return doc if isinstance(doc, dict) else {}
 
     def workers(self) -> list[WorkerView]:
