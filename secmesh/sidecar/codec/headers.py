@@ -38,6 +38,12 @@ def _connection_listed(headers: Headers) -> frozenset[bytes]:
     return frozenset(listed) - _PROTECTED
 
 
+def _drop_connection_listed(out: Headers, headers: Headers) -> Headers:
+    """`out` without the fields `headers`' Connection header nominates (RFC 9110 §7.6.1)."""
+    extra = _connection_listed(headers) - HOP_BY_HOP
+    return [(n, v) for n, v in out if n not in extra] if extra else out
+
+
 def _dropper(headers: Headers, keep_upgrade: bool) -> frozenset[bytes]:
     drop = HOP_BY_HOP | _connection_listed(headers)
     return drop - {b"upgrade"} if keep_upgrade else drop
@@ -67,9 +73,7 @@ def strip_hop_by_hop(headers: Headers, *, keep_te_trailers: bool = True, keep_up
         else:
             out.append((n, v))
     if listed:
-        extra = _connection_listed(headers) - HOP_BY_HOP
-        if extra:
-            out = [(n, v) for n, v in out if n not in extra]
+        out = _drop_connection_listed(out, headers)
     return out
 
 
@@ -152,9 +156,7 @@ def forward_request_headers(headers: Headers, *, xfcc: bytes | None, client_ip: 
         else:
             out.append((n, v))
     if listed:
-        extra = _connection_listed(headers) - HOP_BY_HOP
-        if extra:
-            out = [(n, v) for n, v in out if n not in extra]
+        out = _drop_connection_listed(out, headers)
     if client_ip is not None:
         xff.append(client_ip.encode() if isinstance(client_ip, str) else client_ip)
     if xff:
