@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from secmesh.configfile import Duration, load_config
-from secmesh.identity.spiffe import InvalidSpiffeId, SpiffeId, TrustDomain
-from secmesh.sidecar.l7_config import ClusterConfig, HttpConfig
+from secmesh.identity.spiffe import InvalidSpiffeId, TrustDomain
+from secmesh.sidecar.l7_config import ClusterConfig, HttpConfig, check_peer_ids
 
 DEFAULT_SDS_SOCKET = "/var/run/secrets/workload-spiffe-uds/socket"
 DEFAULT_TOKEN_FILE = "/var/run/secrets/tokens/istio-token"   # the pod's projected service-account token
@@ -152,11 +152,7 @@ class ListenerConfig:
         if self.kind == "outbound":
             if not self.peer_ids:
                 raise ValueError(f"listener {self.name}: an outbound listener needs `peer_ids`")
-            for pid in self.peer_ids:
-                try:
-                    SpiffeId.parse(pid)
-                except InvalidSpiffeId as exc:
-                    raise ValueError(f"listener {self.name}: peer_ids: {pid!r}: {exc}") from None
+            check_peer_ids(f"listener {self.name}", self.peer_ids)
         if self.max_connections < 1:
             raise ValueError(f"listener {self.name}: `max_connections` must be at least 1")
 

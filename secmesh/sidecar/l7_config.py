@@ -56,6 +56,15 @@ class HeaderMatchConfig:
             _compile(self.regex, f"header {self.name!r} regex")
 
 
+def check_peer_ids(owner: str, peer_ids: list[str]) -> None:
+    """Every expected server ID must be a SPIFFE ID; the error names the listener or cluster."""
+    for pid in peer_ids:
+        try:
+            SpiffeId.parse(pid)
+        except InvalidSpiffeId as exc:
+            raise ValueError(f"{owner}: peer_ids: {pid!r}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     """Request → cluster. Every given condition must hold; the first matching route wins."""
@@ -131,11 +140,7 @@ class ClusterConfig:
             raise ValueError(f"cluster {self.name}: `lb_policy` must be one of {', '.join(LB_POLICIES)}")
         if self.tls and not self.peer_ids:
             raise ValueError(f"cluster {self.name}: `tls: true` needs `peer_ids` (the server IDs to accept)")
-        for pid in self.peer_ids:
-            try:
-                SpiffeId.parse(pid)
-            except InvalidSpiffeId as exc:
-                raise ValueError(f"cluster {self.name}: peer_ids: {pid!r}: {exc}") from None
+        check_peer_ids(f"cluster {self.name}", self.peer_ids)
         if self.retries < 0 or self.max_idle_per_endpoint < 0 or self.max_streams_per_connection < 1:
             raise ValueError(f"cluster {self.name}: retries/max_idle_per_endpoint must be >= 0, "
                              "max_streams_per_connection >= 1")
