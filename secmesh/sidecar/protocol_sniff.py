@@ -49,4 +49,4 @@ def sniff(first: bytes, *, final: bool = False, limit: int = MAX_SNIFF) -> str |
 
 def detect(first: bytes, alpn: str | None = None, *, final: bool = False) -> str | None:
     """ALPN first, then `sniff`."""
-    return by_alpn(alpn) or sniff(first, final=final)
+    return _registry.detect(first, alpn, port_protocol="auto", final=final)
