@@ -43,8 +43,13 @@ def test_clusters_lists_each_workers_pools(tmp_path, pki, http_backend):  # type
                             "--key", str(pki.client_key), "-H", "Connection: close", "-w", "%{http_code}\n",
                             *(["-o", "/dev/null", url] * 20)], capture_output=True, text=True, timeout=60)
         assert r.stdout.split() == ["200"] * 20, r.stderr
-        wait_until(lambda: sorted(_clusters(admin).get("workers", {})) == ["0", "1"], timeout=10,
-                   what="both workers' views", proc=proc.popen)
+        # the other worker's view is the one it last published (at most a second old): wait until
+        # both views exist and neither still shows a request of the burst in flight
+        def settled() -> bool:
+            views = _clusters(admin).get("workers", {})
+            return sorted(views) == ["0", "1"] and all(
+                c["requests_in_flight"] == 0 for v in views.values() for c in v.values())
+        wait_until(settled, timeout=10, what="both workers' settled views", proc=proc.popen)
         for view in _clusters(admin)["workers"].values():
             (cluster,) = view.values()            # the listener's implicit cluster, in every worker
             assert [e["address"] for e in cluster["endpoints"]] == [http_backend.address]
