@@ -61,8 +61,7 @@ class Exchange:
         self.replay_bytes = self.replay_limit = 0
         self.req_done = req.end_stream
         self.sent = self.resp_started = False
-        self.status = 0
-        self.bytes_in = self.bytes_out = 0
+        self.status = self.bytes_in = self.bytes_out = 0
         self.done = False
         self.timer: Any = None               # asyncio.TimerHandle | l7_flow.Deadline
         self.origin, self.reason = "upstream", ""
@@ -169,8 +168,10 @@ class Exchange:
         l7_metrics.upstream(cluster.name, exc.reason).inc()
         log_event(log, logging.WARNING, "upstream connect failed", listener=self.env.name, cluster=cluster.name,
                   upstream=ep.address, reason=exc.reason, detail=str(exc))
-        self._endpoint_failed()
         self.reason = exc.reason
+        if exc.reason == "upstream_overflow":       # our own limit, not the endpoint's fault: no retry
+            return self.local(503)
+        self._endpoint_failed()
         if not self._retry(sent=False, status=None):
             self.local(503)
 

@@ -115,7 +115,9 @@ class ClusterConfig:
     connect_timeout: Duration = Duration(5.0)
     request_timeout: Duration = Duration(15.0)   # until the response ends; 0 = none
     idle_timeout: Duration = Duration(60.0)      # pooled connection unused this long is closed
-    max_idle_per_endpoint: int = 64              # HTTP/1.1 keep-alive connections kept per endpoint
+    max_idle_per_endpoint: int = 1024            # HTTP/1.1 keep-alive connections kept idle per endpoint
+    max_connections_per_endpoint: int = 1024     # HTTP/1.1 connections per endpoint; more requests wait…
+    max_pending_requests: int = 1024             # …this many per endpoint; beyond, 503 upstream_overflow
     max_streams_per_connection: int = 100        # h2: open another connection above this
     retries: int = 2                    # on connect failure, reset before a response, 5xx (idempotent)
     retry_budget_percent: float = 20.0  # retries in flight at most this share of requests in flight…
@@ -141,9 +143,10 @@ class ClusterConfig:
         if self.tls and not self.peer_ids:
             raise ValueError(f"cluster {self.name}: `tls: true` needs `peer_ids` (the server IDs to accept)")
         check_peer_ids(f"cluster {self.name}", self.peer_ids)
-        if self.retries < 0 or self.max_idle_per_endpoint < 0 or self.max_streams_per_connection < 1:
-            raise ValueError(f"cluster {self.name}: retries/max_idle_per_endpoint must be >= 0, "
-                             "max_streams_per_connection >= 1")
+        if min(self.retries, self.max_idle_per_endpoint, self.max_pending_requests) < 0 or min(
+                self.max_streams_per_connection, self.max_connections_per_endpoint) < 1:
+            raise ValueError(f"cluster {self.name}: retries/max_idle_per_endpoint/max_pending_requests must be "
+                             ">= 0, max_streams_per_connection/max_connections_per_endpoint >= 1")
         if not 0 <= self.outlier_max_ejection_percent <= 100 or not 0 <= self.retry_budget_percent <= 100:
             raise ValueError(f"cluster {self.name}: percentages must be within 0..100")
         _retry_buffer(self.retry_buffer_limit, f"cluster {self.name}")

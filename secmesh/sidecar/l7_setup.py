@@ -26,7 +26,7 @@ from secmesh.sidecar.http_proxy import L7Env
 from secmesh.sidecar.l7_config import ClusterConfig, HttpConfig
 from secmesh.sidecar.l7_flow import Flusher
 from secmesh.sidecar.l7_tls import AlpnContexts
-from secmesh.sidecar.pool import ClusterManager
+from secmesh.sidecar.clusters import ClusterManager
 from secmesh.sidecar.router import Router
 from secmesh.sidecar.upstream import ClusterState
 

@@ -22,22 +22,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hyperframe.frame import PingFrame
 
 from secmesh.errors import IdentityError
-from secmesh.identity.spiffe import TrustDomain
 from secmesh.log import log_event
 from secmesh.sidecar import l7_metrics
 from secmesh.sidecar.codec.http1_client import H1ClientCodec
-from secmesh.sidecar.codec.http2 import H2ClientCodec, H2Settings
+from secmesh.sidecar.codec.http2 import H2ClientCodec
 from secmesh.sidecar.codec.stream import ConnectionError, ErrorCode, GoAway, Reason, StreamReset, StreamWritable
 from secmesh.sidecar.connection import nodelay
-from secmesh.sidecar.l7_flow import CodecSide, Flusher
-from secmesh.sidecar.l7_tls import AlpnContexts
+from secmesh.sidecar.l7_flow import CodecSide
+from secmesh.sidecar.pool_limit import DIAL, ConnectionLimit
 from secmesh.sidecar.tls import classify_handshake_error, peer_spiffe_id
 from secmesh.sidecar.upstream import DEAD, PING, ClusterState, Endpoint, Keepalive
+
+if TYPE_CHECKING:
+    from secmesh.sidecar.clusters import ClusterManager
 
 HTTP1, HTTP2 = "http1", "http2"
 _ALPN = {HTTP1: "http/1.1", HTTP2: "h2"}
@@ -223,6 +225,7 @@ class EndpointPool:
         cfg = cluster.cfg
         self.max_streams = cfg.max_streams_per_connection
         self.max_idle = cfg.max_idle_per_endpoint
+        self.limit = ConnectionLimit(cfg.max_connections_per_endpoint, cfg.max_pending_requests, manager.loop)
         self.idle: list[UpstreamConn] = []
         self.h2: list[UpstreamConn] = []
         self._dialling: asyncio.Future[UpstreamConn] | None = None
@@ -244,13 +247,21 @@ class EndpointPool:
         return None
 
     async def acquire(self) -> UpstreamConn:
-        """A connection with room for one more request; h2 callers share one dial at a time."""
+        """A connection with room for one more request; h2 callers share one dial at a time,
+        HTTP/1.1 callers beyond `max_connections_per_endpoint` queue (`pool_limit.py`)."""
         while True:
             c = self.try_acquire()
             if c is not None:
                 return c
             if self.protocol != HTTP2:
-                return await self._connect()
+                got = await self._h1_slot()
+                if got is not DIAL:
+                    return got
+                try:
+                    return await self._connect()
+                except BaseException:
+                    self.limit.freed()
+                    raise
             if self._dialling is None:
                 self._dialling = asyncio.ensure_future(self._connect())
                 self._dialling.add_done_callback(self._dialled)
@@ -258,6 +269,25 @@ class EndpointPool:
             if c.can_open:
                 return c
             # full already (the callers woken before us took its streams): look again, dial once more
+
+    async def _h1_slot(self) -> Any:
+        """DIAL once a connection slot is ours, or a connection another request handed back."""
+        limit = self.limit
+        while not limit.take():
+            fut = limit.waiter()
+            if fut is None:
+                raise UpstreamFailure("upstream_overflow", f"{self.endpoint.address}: {limit.limit} connections "
+                                      f"busy and {limit.max_pending} requests already waiting")
+            try:
+                got = await fut
+            except asyncio.CancelledError:
+                back = limit.abandon(fut)
+                if back is not None:
+                    self.release(back)
+                raise
+            if got is DIAL or got.can_open:
+                return got
+        return DIAL
 
     def _dialled(self, fut: asyncio.Future[UpstreamConn]) -> None:
         self._dialling = None
@@ -307,6 +337,8 @@ class EndpointPool:
         return conn
 
     def release(self, conn: UpstreamConn) -> None:
+        if self.limit.hand_over(conn):
+            return
         if len(self.idle) >= self.max_idle:
             conn.closed = True
             conn.transport.close()  # type: ignore[union-attr]
@@ -322,6 +354,8 @@ class EndpointPool:
         if not conn.started:
             return
         self.m_active.dec()
+        if not conn.multiplexed:
+            self.limit.freed()
         if conn in self.idle:
             self.idle.remove(conn)
         self.retire(conn)
@@ -345,55 +379,4 @@ class EndpointPool:
                 c.idle_since = 0.0
 
 
-class ClusterManager:
-    """Every cluster of one worker, with their pools; sweeps idle connections."""
-
-    def __init__(self, clusters: dict[str, ClusterState], *, loop: asyncio.AbstractEventLoop, flusher: Flusher,
-                 contexts: AlpnContexts | None, trust_domain: TrustDomain | None,
-                 h2_settings: H2Settings = H2Settings(initial_window_size=256 * 1024)) -> None:
-        self.clusters = clusters
-        self.loop = loop
-        self.flusher = flusher
-        self.contexts = contexts
-        self.trust_domain = trust_domain
-        self.h2_settings = h2_settings
-        self._pools: dict[tuple[str, str, str], EndpointPool] = {}
-        self._sweeper: asyncio.TimerHandle | None = None
-
-    def pool(self, cluster: ClusterState, endpoint: Endpoint, protocol: str) -> EndpointPool:
-        key = (cluster.name, endpoint.address, protocol)
-        p = self._pools.get(key)
-        if p is None:
-            p = self._pools[key] = EndpointPool(self, cluster, endpoint, protocol)
-            if self._sweeper is None:
-                self._schedule()
-        return p
-
-    def _schedule(self) -> None:
-        self._sweeper = self.loop.call_later(1.0, self._sweep)
-
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        for p in self._pools.values():
-            p.sweep(now, float(p.cluster.cfg.idle_timeout))
-        self._schedule()
-
-    def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for p in self._pools.values():
-            for c in p.idle + p.h2:
-                if c.transport is not None:
-                    c.transport.close()
-
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        now = self.loop.time()
-        for name, cs in self.clusters.items():
-            out[name] = {"endpoints": [{"address": e.address, "active": e.active, "ejected": e.ejected(now),
-                                        "times_ejected": e.times_ejected} for e in cs.endpoints],
-                         "requests_in_flight": cs.budget.requests, "retries_in_flight": cs.budget.retries}
-        return out
-
-
-__all__ = ["ClusterManager", "EndpointPool", "HTTP1", "HTTP2", "Reason", "UpstreamConn", "UpstreamFailure"]
+__all__ = ["EndpointPool", "HTTP1", "HTTP2", "Reason", "UpstreamConn", "UpstreamFailure"]

@@ -82,6 +82,16 @@ def test_defaults_keep_l4_configs_working(tmp_path):
         listeners: [{name: in, address: "127.0.0.1:1", upstream: "127.0.0.1:2", allow_all: true}]
         """, "peer_ids", 3),
     ("""\
+        clusters:
+          - {name: a, endpoints: ["127.0.0.1:1"], max_connections_per_endpoint: 0}
+        listeners: [{name: in, address: "127.0.0.1:1", upstream: "127.0.0.1:2", allow_all: true}]
+        """, "max_connections_per_endpoint >= 1", 3),
+    ("""\
+        clusters:
+          - {name: a, endpoints: ["127.0.0.1:1"], max_pending_requests: -1}
+        listeners: [{name: in, address: "127.0.0.1:1", upstream: "127.0.0.1:2", allow_all: true}]
+        """, "max_pending_requests must be >= 0", 3),
+    ("""\
         listeners:
           - name: in
             address: 127.0.0.1:1
