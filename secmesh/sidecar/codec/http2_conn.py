@@ -9,11 +9,13 @@ What this adds to h2:
 - **Soft limits as stream errors.** `max_concurrent_streams` and the header-list size are
   advertised as configured, while h2 itself enforces twice that as a hard stop; over the soft
   limit a stream is refused (REFUSED_STREAM, retryable) or answered 431, not the connection.
-- **Graceful GOAWAY** (`_keep_open_on_goaway`): streams below `last_stream_id` finish.
+- **Graceful GOAWAY** (`keep_open_on_goaway` in `http2_inbound.py`): streams below `last_stream_id` finish.
 - **Rapid reset** (`http2_guard.py`): GOAWAY(ENHANCE_YOUR_CALM) and a `ConnectionError`.
-- **Less Python per stream**: outbound header blocks are made valid by us in one pass
-  (`http2_headers.py`) instead of h2's generator chain, and HPACK coding is memoized while the
-  dynamic table is unchanged (`http2_hpack.py`). What the peer sends is still validated by h2.
+- **Less Python per stream**: header blocks are made valid (outbound, `http2_headers.py`) and
+  checked (inbound, `http2_inbound.py`: h2's rules, one pass, before any event surfaces) by us
+  instead of h2's generator chains; h2 no longer walks every stream to count the open ones
+  (`ReapingH2Connection`); HPACK coding is memoized while the dynamic table is unchanged
+  (`http2_hpack.py`).
   WINDOW_UPDATEs need no batching here: h2's window manager already sends one only when half
   a window has been consumed (nghttp2's rule), however often we acknowledge.
 """
@@ -26,7 +28,6 @@ from typing import Callable
 
 import h2.events as ev
 from h2.config import H2Configuration
-from h2.connection import ConnectionInputs, H2Connection
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import StreamClosedError
 from h2.settings import SettingCodes, Settings
@@ -36,6 +37,9 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame
 from secmesh.sidecar.codec.http2_guard import RapidResetGuard, ResetLimits
 from secmesh.sidecar.codec.http2_headers import outbound_fields
 from secmesh.sidecar.codec.http2_hpack import MemoDecoder, MemoEncoder
+from secmesh.sidecar.codec.http2_inbound import (
+    REQUEST, RESPONSE, TRAILERS, Malformed, ReapingH2Connection, keep_open_on_goaway,
+)
 from secmesh.sidecar.codec.http2_send import SendQueue
 from secmesh.sidecar.codec.stream import (
     CodecUsageError, ConnectionError, Data, ErrorCode, Event, GoAway, Headers, InformationalResponse,
@@ -57,25 +61,6 @@ class H2Settings:
     resets: ResetLimits = ResetLimits()
 
 
-def _keep_open_on_goaway(conn: H2Connection) -> None:
-    """Make a graceful GOAWAY leave the connection usable for the streams below it.
-
-    h2 moves to CLOSED on any GOAWAY (later frames in the same read then raise) and discards
-    its unsent output (DATA whose window is already spent). RFC 9113 §6.8 says the streams up
-    to `last_stream_id` complete, so we swap in a handler that only reports the GOAWAY, and
-    still closes h2 for an error GOAWAY. Pinned by test_graceful_goaway_lets_open_streams_finish.
-    """
-    def receive_goaway(frame: GoAwayFrame) -> tuple[list, list]:
-        if frame.error_code:
-            conn.state_machine.process_input(ConnectionInputs.RECV_GOAWAY)
-        e = ev.ConnectionTerminated()
-        e.error_code, e.last_stream_id = frame.error_code, frame.last_stream_id
-        e.additional_data = frame.additional_data or None
-        return [], [e]
-
-    conn._frame_dispatch_table[GoAwayFrame] = receive_goaway  # noqa: SLF001 - see docstring
-
-
 class H2Codec:
     protocol = "http2"
     _client_side = False
@@ -83,13 +68,13 @@ class H2Codec:
     def __init__(self, settings: H2Settings = H2Settings(),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = s = settings
-        conn = self._h2 = H2Connection(H2Configuration(
+        conn = self._h2 = ReapingH2Connection(H2Configuration(
             client_side=self._client_side, header_encoding=None,
             # Ours: `outbound_fields` does the same work in one pass (http2_headers.py).
             validate_outbound_headers=False, normalize_outbound_headers=False,
-            # The peer's: always validated (RFC 9113 §8.2). Cookie crumbs are joined where it
-            # matters (`_request_event`; `h2_to_h1` for HTTP/1.1), not by a generator per field.
-            validate_inbound_headers=True, normalize_inbound_headers=False))
+            # The peer's: always validated (RFC 9113 §8.2), by `inbound_problem` in one pass.
+            # Cookie crumbs are joined where it matters (`_request_event`; `h2_to_h1`).
+            validate_inbound_headers=False, normalize_inbound_headers=False))
         conn.encoder, conn.decoder = MemoEncoder(), MemoDecoder()   # see http2_hpack.py
         hard = {SettingCodes.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams * 2,
                 SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_list_size * 2,
@@ -100,7 +85,7 @@ class H2Codec:
         conn.local_settings = Settings(client=self._client_side, initial_values=hard)
         conn.decoder.max_header_list_size = s.max_header_list_size * 2
         conn.max_inbound_frame_size = s.max_frame_size
-        _keep_open_on_goaway(conn)
+        keep_open_on_goaway(conn)
         conn.initiate_connection()
         conn.data_to_send()                     # replaced by our SETTINGS with the soft values
         advertised = SettingsFrame(0)
@@ -144,6 +129,7 @@ class H2Codec:
     def receive(self, data: bytes) -> list[Event]:
         if self._fatal or not data:
             return self.ready_events()
+        highest = self._h2.highest_inbound_stream_id
         try:
             h2_events = self._h2.receive_data(data)
         except H2ProtocolError as exc:
@@ -151,12 +137,19 @@ class H2Codec:
                       Reason.PROTOCOL_ERROR, str(exc))
             return self.ready_events()
         out = self._ready
+        mark = len(out)
         opened: set[int] = set()
         dropped: set[int] = set()
-        for e in h2_events:
-            if self._fatal:
-                break
-            self._dispatch(e, out, opened, dropped)
+        try:
+            for e in h2_events:
+                if self._fatal:
+                    break
+                self._dispatch(e, out, opened, dropped)
+        except Malformed as bad:                 # as when h2 raised: nothing of this read surfaces
+            del out[mark:]
+            self._die(ErrorCode.PROTOCOL_ERROR, Reason.PROTOCOL_ERROR, str(bad),
+                      bad.last_stream_id(h2_events, highest))
+            return self.ready_events()
         if dropped:                              # opened and cancelled in one read: never surface
             self._ready = [e for e in out if getattr(e, "stream_id", None) not in dropped]
         return self.ready_events()
@@ -193,6 +186,7 @@ class H2Codec:
         elif t is ev.RequestReceived or t is ev.ResponseReceived or t is ev.TrailersReceived:
             self._on_headers(e, out, opened)
         elif t is ev.InformationalResponseReceived:
+            Malformed.check(e, RESPONSE)
             status = next((int(v) for n, v in e.headers if n == b":status"), 100)
             out.append(InformationalResponse(e.stream_id, status, [h for h in e.headers if h[0][:1] != b":"]))
         elif t is ev.StreamEnded:
@@ -213,12 +207,15 @@ class H2Codec:
 
     def _on_headers(self, e: ev.Event, out: list[Event], opened: set[int]) -> None:
         sid, end = e.stream_id, e.stream_ended is not None
-        if type(e) is ev.TrailersReceived:
+        t = type(e)
+        Malformed.check(e, REQUEST if t is ev.RequestReceived else
+                        TRAILERS if t is ev.TrailersReceived else RESPONSE)
+        if t is ev.TrailersReceived:
             if sid not in self._ignored and sid in self._open:
                 out.append(Trailers(sid, list(e.headers)))
             self._remote_end(sid)
             return
-        if type(e) is ev.RequestReceived:
+        if t is ev.RequestReceived:
             if not self._accept_stream(sid, e.headers, end, out):
                 return
             opened.add(sid)
@@ -327,10 +324,10 @@ class H2Codec:
             if s in self._open:
                 out.append(StreamWritable(s))
 
-    def _die(self, code: int, reason: str, detail: str) -> None:
+    def _die(self, code: int, reason: str, detail: str, last_stream_id: int | None = None) -> None:
         self._fatal = True
         try:
-            self._h2.close_connection(error_code=code)
+            self._h2.close_connection(error_code=code, last_stream_id=last_stream_id)
         except H2ProtocolError:
             pass
         self._ready.append(ConnectionError(reason, None, detail))
