@@ -266,7 +266,9 @@ class H2Codec:
         state = self._open.get(sid)
         if state is None and sid not in self._ignored:
             return
-        if e.remote_reset and not self._client_side and state is not None and not state & _LOCAL_END:
+        # Premature: before our response ended, whether the client sent RST_STREAM or made h2
+        # reset the stream with a stream error (MadeYouReset, CVE-2025-8671: same effect).
+        if not self._client_side and state is not None and not state & _LOCAL_END:
             if self._guard.premature_reset():
                 self._die(ErrorCode.ENHANCE_YOUR_CALM, Reason.RAPID_RESET,
                           "too many streams reset before their response")

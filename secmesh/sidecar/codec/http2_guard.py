@@ -2,7 +2,8 @@
 
 The attack opens streams and cancels them at once, so the server starts work that nobody
 waits for, at no cost to the client. We count *premature* resets (the client reset a stream
-before our response on it had ended, plus streams we had to refuse) in a sliding window of
+before our response on it had ended, or made h2 reset it with a stream error: MadeYouReset,
+CVE-2025-8671; plus streams we had to refuse) in a sliding window of
 one-second buckets. The guard trips when, inside the window, there are more than `limit` of
 them **and** they are at least `ratio` of the streams opened there. The ratio part is Envoy's
 idea (premature_reset_total_stream_count with a 50 % share): a busy, healthy gRPC client that

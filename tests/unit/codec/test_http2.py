@@ -263,6 +263,46 @@ def test_rapid_reset_is_cut_off():
     assert server.receive(b"\x00" * 9) == []                # dead: input ignored
 
 
+def _window_overflow(conn, sid: int) -> None:
+    """A WINDOW_UPDATE that overflows the stream's window: h2 answers with RST_STREAM itself."""
+    from hyperframe.frame import WindowUpdateFrame
+    f = WindowUpdateFrame(sid)
+    f.window_increment = 2 ** 31 - 1
+    conn._data_to_send += f.serialize()          # noqa: SLF001 - raw h2 would refuse to send it
+
+
+def _data_after_end(conn, sid: int) -> None:
+    """DATA on a stream the client already ended: h2 resets the stream (STREAM_CLOSED)."""
+    from hyperframe.frame import DataFrame
+    f = DataFrame(sid)
+    f.data = b"x"
+    conn._data_to_send += f.serialize()          # noqa: SLF001 - raw h2 would refuse to send it
+
+
+@pytest.mark.parametrize("provoke", [_window_overflow, _data_after_end])
+def test_resets_the_client_provokes_count_as_rapid_resets(provoke):
+    """MadeYouReset (CVE-2025-8671): instead of sending RST_STREAM, the client makes the server
+    reset each stream with a stream-level protocol error. Those resets cut the proxy's work
+    short just the same, so they count against the same limit."""
+    tick = Tick()
+    server = H2ServerCodec(H2Settings(resets=ResetLimits(limit=50, window=10.0)), clock=tick)
+    conn = raw_client()
+    raw_pump(conn, server)
+    seen = []
+    for i in range(200):
+        sid = 1 + 2 * i
+        conn.send_headers(sid, REQ, end_stream=provoke is _data_after_end)
+        raw_pump(conn, server)                   # the request reaches the proxy: work starts …
+        provoke(conn, sid)
+        at_server, at_client = raw_pump(conn, server)   # … and the server has to reset it
+        seen += at_server
+        if server.should_close:
+            break
+    errors = of(seen, s.ConnectionError)
+    assert errors and errors[0].reason == s.Reason.RAPID_RESET
+    assert i <= 51
+
+
 def test_open_and_cancel_in_one_read_never_reaches_the_proxy():
     server = H2ServerCodec()
     conn = raw_client()
