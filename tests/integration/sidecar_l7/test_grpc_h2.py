@@ -14,6 +14,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from hyperframe.frame import WindowUpdateFrame
 
 from tests.integration.sidecar.harness import metric
 from tests.integration.sidecar_l7.apps import GrpcClient
@@ -160,14 +161,26 @@ def test_slow_consumer_keeps_memory_bounded(mesh):
     s.close()
 
 
-def test_rapid_reset_is_cut_off(mesh):
+def _window_overflow(sid: int) -> bytes:
+    f = WindowUpdateFrame(sid)
+    f.window_increment = 2 ** 31 - 1              # overflows the stream's window: the server resets it
+    return f.serialize()
+
+
+@pytest.mark.parametrize("made_you_reset", [False, True], ids=["rst_stream", "made_you_reset"])
+def test_rapid_reset_is_cut_off(mesh, made_you_reset):
+    """Rapid reset (CVE-2023-44487) and its MadeYouReset variant (CVE-2025-8671), where the
+    client makes the server reset each stream with a stream error instead of sending RST_STREAM."""
     s, c = _h2(mesh.ports["out-http"])
     cut = False
     try:
         for i in range(400):
             sid = _req(c, b"/ok")
-            c.reset_stream(sid)
-            s.sendall(c.data_to_send())
+            if made_you_reset:
+                s.sendall(c.data_to_send() + _window_overflow(sid))
+            else:
+                c.reset_stream(sid)
+                s.sendall(c.data_to_send())
             if i % 20 == 19:
                 s.settimeout(0.05)
                 try:
