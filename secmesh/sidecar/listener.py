@@ -60,7 +60,6 @@ class Listener:
         self.ctx = ctx
         self.loop = ctx.loop
         self.sock: socket.socket | None = None
-        self.server: asyncio.AbstractServer | None = None
         self._sniffing: dict[int, tuple[socket.socket, float]] = {}
         self.handshaking = 0
         self._sweeper: asyncio.TimerHandle | None = None
@@ -86,37 +85,22 @@ class Listener:
         return fn() if fn is not None else self.cfg.static_mode
 
     @property
-    def accepts_in_python(self) -> bool:
-        """mTLS-capable inbound ports accept here; plaintext-only ports use the loop's C accept loop."""
-        if self.cfg.kind != "inbound":
-            return False
-        return self.ctx.mode_fn is not None or self.cfg.static_mode is not MtlsMode.DISABLE
-
-    @property
     def bound_port(self) -> int:
         return self.sock.getsockname()[1] if self.sock is not None else 0
 
     async def start(self, sock: socket.socket | None = None) -> None:
         host, port = self.cfg.listen
         self.sock = sock or bind_socket(host, port)
-        if self.accepts_in_python:
-            self.loop.add_reader(self.sock.fileno(), self._on_accept)
-        else:
-            ctx = self.ctx
-            inbound, outbound = self._inbound, self._outbound
-            if self.cfg.kind == "outbound":
-                def factory() -> Any:
-                    return outbound(ctx)
-            else:
-                def factory() -> Any:
-                    return inbound(ctx, tls=False)
-            self.server = await self.loop.create_server(factory, sock=self.sock, backlog=BACKLOG)
+        # Our own accept loop for every port, never the loop's C server: libuv (1.52 in uvloop 0.23)
+        # accepts ONE connection per poll event, so a busy worker (tens of ms per loop turn) took a
+        # burst of new connections at one per turn and kept clients seconds in the accept queue.
+        self.loop.add_reader(self.sock.fileno(), self._on_accept)
         self.accepting = True
         self._schedule_sweep()
         log_event(log, logging.INFO, "listener started", listener=self.cfg.name, kind=self.cfg.kind,
                   address=f"{host}:{self.bound_port}", upstream=self.cfg.upstream, mtls_mode=self.mode.value)
 
-    # -- mTLS ports: accept, (PERMISSIVE: peek,) handshake ------------------------------------
+    # -- accept; mTLS ports: (PERMISSIVE: peek,) handshake ---------------------------------------
 
     def _on_accept(self) -> None:
         assert self.sock is not None
@@ -134,6 +118,9 @@ class Listener:
                 conn.close()
                 continue
             conn.setblocking(False)
+            if self.cfg.kind == "outbound":           # plaintext from the local app
+                self.loop.create_task(self._adopt_plain(conn, lambda: self._outbound(self.ctx)))
+                continue
             if mode is MtlsMode.STRICT:
                 self.handshaking += 1
                 self.loop.create_task(self._adopt(conn, True))
@@ -171,6 +158,12 @@ class Listener:
         if tls:
             self.handshaking += 1
         self.loop.create_task(self._adopt(conn, tls))
+
+    async def _adopt_plain(self, conn: socket.socket, factory: Any) -> None:
+        try:
+            await self.loop.connect_accepted_socket(factory, conn)
+        except OSError as exc:                    # the peer went away before it got a transport
+            log_event(log, logging.DEBUG, "accepted connection lost", listener=self.cfg.name, error=str(exc)[:200])
 
     async def _adopt(self, conn: socket.socket, tls: bool) -> None:
         """Give the socket a transport; for TLS, run the handshake on the newest context first."""
@@ -231,9 +224,7 @@ class Listener:
         if not self.accepting:
             return
         self.accepting = False
-        if self.server is not None:
-            self.server.close()
-        elif self.sock is not None:
+        if self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
 
