@@ -241,20 +241,27 @@ def test_oversized_header_list_gets_431():
     assert resp.stream_id == 1 and dict(resp.headers)[b":status"] == b"431"
 
 
-def test_rapid_reset_is_cut_off():
-    tick = Tick()
-    server = H2ServerCodec(H2Settings(resets=ResetLimits(limit=50, window=10.0)), clock=tick)
+def _reset_loop(one_round) -> tuple[H2ServerCodec, list, list, int]:
+    """Run `one_round(conn, sid)` per new stream until the server (limit 50) gives up."""
+    server = H2ServerCodec(H2Settings(resets=ResetLimits(limit=50, window=10.0)), clock=Tick())
     conn = raw_client()
     raw_pump(conn, server)
-    seen = []
+    seen: list = []
     for i in range(200):
-        sid = 1 + 2 * i
-        conn.send_headers(sid, REQ, end_stream=False)
-        conn.reset_stream(sid, 8)
-        at_server, at_client = raw_pump(conn, server)
+        at_server, at_client = one_round(conn, server, 1 + 2 * i)
         seen += at_server
         if server.should_close:
             break
+    return server, seen, at_client, i
+
+
+def test_rapid_reset_is_cut_off():
+    def round_(conn, server, sid):
+        conn.send_headers(sid, REQ, end_stream=False)
+        conn.reset_stream(sid, 8)
+        return raw_pump(conn, server)
+
+    server, seen, at_client, i = _reset_loop(round_)
     errors = of(seen, s.ConnectionError)
     assert errors and errors[0].reason == s.Reason.RAPID_RESET
     assert i <= 51                                          # tripped right above the limit
@@ -284,20 +291,14 @@ def test_resets_the_client_provokes_count_as_rapid_resets(provoke):
     """MadeYouReset (CVE-2025-8671): instead of sending RST_STREAM, the client makes the server
     reset each stream with a stream-level protocol error. Those resets cut the proxy's work
     short just the same, so they count against the same limit."""
-    tick = Tick()
-    server = H2ServerCodec(H2Settings(resets=ResetLimits(limit=50, window=10.0)), clock=tick)
-    conn = raw_client()
-    raw_pump(conn, server)
-    seen = []
-    for i in range(200):
-        sid = 1 + 2 * i
+    def round_(conn, server, sid):
         conn.send_headers(sid, REQ, end_stream=provoke is _data_after_end)
-        raw_pump(conn, server)                   # the request reaches the proxy: work starts …
+        first, _ = raw_pump(conn, server)        # the request reaches the proxy: work starts …
         provoke(conn, sid)
         at_server, at_client = raw_pump(conn, server)   # … and the server has to reset it
-        seen += at_server
-        if server.should_close:
-            break
+        return first + at_server, at_client
+
+    _, seen, _, i = _reset_loop(round_)
     errors = of(seen, s.ConnectionError)
     assert errors and errors[0].reason == s.Reason.RAPID_RESET
     assert i <= 51
