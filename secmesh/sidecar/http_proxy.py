@@ -37,6 +37,7 @@ from secmesh.sidecar.l7_flow import CodecSide, Deadlines, Flusher
 
 log = logging.getLogger("secmesh.sidecar.http")
 SNIFF_TIMEOUT = 10.0
+CONTROL_FLOOD_LIMIT = 1000        # Envoy's max_outbound_control_frames default
 
 
 class L7Env:
@@ -100,6 +101,7 @@ class HttpSession(CodecSide):
         self.streams: dict[int, Exchange] = {}
         self.requests = 0
         self.touched = True
+        self._acks_at_pause = 0
         self._sniffed = b""
         self._queue: deque[Any] = deque()
         self._processing = False
@@ -164,6 +166,8 @@ class HttpSession(CodecSide):
         self._process(codec.receive(data))
         if self.multiplexed:
             self.mark()                   # h2 answers frames by itself (SETTINGS/PING acks, WINDOW_UPDATE)
+            if self.write_paused and codec.control_replies - self._acks_at_pause > CONTROL_FLOOD_LIMIT:
+                self._flooded()
         else:
             self._header_timer()          # (an HTTP/1.1 error answer is marked where the error is handled)
         self.update_reading()
@@ -179,6 +183,16 @@ class HttpSession(CodecSide):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._acks_at_pause = getattr(self.codec, "control_replies", 0)
+
+    def _flooded(self) -> None:
+        """PING / SETTINGS flood (CVE-2019-9512, -9515): the peer makes us answer frames while it
+        reads nothing, so the answers would pile up in memory. Envoy's `max_outbound_control_frames`
+        rule: more than that many answers queued behind a full socket cuts the connection."""
+        self.codec.cut(Reason.CONTROL_FLOOD, f"over {CONTROL_FLOOD_LIMIT} PING/SETTINGS answers unread")
+        self._process(self.codec.ready_events())
+        self.closed = True
+        self.transport.abort()            # a GOAWAY would only join the unread queue
 
     def resume_writing(self) -> None:
         self.write_paused = False

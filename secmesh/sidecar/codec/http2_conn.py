@@ -31,19 +31,18 @@ from h2.config import H2Configuration
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import StreamClosedError
 from h2.settings import SettingCodes, Settings
-from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from secmesh.sidecar.codec.http2_guard import RapidResetGuard, ResetLimits
 from secmesh.sidecar.codec.http2_headers import outbound_fields
 from secmesh.sidecar.codec.http2_hpack import MemoDecoder, MemoEncoder
 from secmesh.sidecar.codec.http2_inbound import (
-    REQUEST, RESPONSE, TRAILERS, Malformed, ReapingH2Connection, keep_open_on_goaway,
+    REQUEST, RESPONSE, TRAILERS, Malformed, ReapingH2Connection, keep_open_on_goaway, request_event,
 )
 from secmesh.sidecar.codec.http2_send import SendQueue
 from secmesh.sidecar.codec.stream import (
     CodecUsageError, ConnectionError, Data, ErrorCode, Event, GoAway, Headers, InformationalResponse,
-    Reason, RequestHeaders, ResponseHeaders, StreamReset, StreamWritable, Trailers,
+    Reason, ResponseHeaders, StreamReset, StreamWritable, Trailers,
 )
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -73,7 +72,7 @@ class H2Codec:
             # Ours: `outbound_fields` does the same work in one pass (http2_headers.py).
             validate_outbound_headers=False, normalize_outbound_headers=False,
             # The peer's: always validated (RFC 9113 §8.2), by `inbound_problem` in one pass.
-            # Cookie crumbs are joined where it matters (`_request_event`; `h2_to_h1`).
+            # Cookie crumbs are joined where it matters (`request_event`; `h2_to_h1`).
             validate_inbound_headers=False, normalize_inbound_headers=False))
         conn.encoder, conn.decoder = MemoEncoder(), MemoDecoder()   # see http2_hpack.py
         hard = {SettingCodes.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams * 2,
@@ -102,6 +101,7 @@ class H2Codec:
         self._send = SendQueue(conn, on_end=self._local_end, on_gone=self._forget,
                                send_trailers=lambda sid, h: self._send_headers(sid, h, True))
         self._fatal = False
+        self.control_replies = 0                # PING / SETTINGS the peer made h2 acknowledge
         self._draining = False
         self._goaway_last: int | None = None     # from the peer
         self._ready: list[Event] = []
@@ -199,7 +199,10 @@ class H2Codec:
             self._on_reset(e, out, opened, dropped)
         elif t is ev.WindowUpdated:
             self._window_opened(e.stream_id, out)
+        elif t is ev.PingReceived:
+            self.control_replies += 1            # h2 queued the ACK (flood guard: `http_proxy`)
         elif t is ev.RemoteSettingsChanged:
+            self.control_replies += 1            # … and the SETTINGS ACK
             if SettingCodes.INITIAL_WINDOW_SIZE in e.changed_settings:
                 self._window_opened(0, out)
         elif t is ev.ConnectionTerminated:
@@ -219,7 +222,7 @@ class H2Codec:
             if not self._accept_stream(sid, e.headers, end, out):
                 return
             opened.add(sid)
-            out.append(self._request_event(sid, e.headers, end))
+            out.append(request_event(sid, e.headers, end))
         else:
             status, headers = 0, []
             for h in e.headers:                   # the peer's tuples: never-indexed flags kept
@@ -233,33 +236,6 @@ class H2Codec:
 
     def _accept_stream(self, sid: int, headers: list, end: bool, out: list[Event]) -> bool:
         raise NotImplementedError
-
-    @staticmethod
-    def _request_event(sid: int, raw: list, end: bool) -> RequestHeaders:
-        method = scheme = authority = path = b""
-        host = b""
-        headers: Headers = []
-        cookies: list[bytes] = []
-        for h in raw:
-            n, v = h
-            if n[:1] == b":":
-                if n == b":method":
-                    method = v
-                elif n == b":path":
-                    path = v
-                elif n == b":authority":
-                    authority = v
-                elif n == b":scheme":
-                    scheme = v
-            elif n == b"host":
-                host = v
-            elif n == b"cookie":
-                cookies.append(v)
-            else:
-                headers.append(h)
-        if cookies:                               # RFC 9113 §8.2.3: crumbs joined, kept unindexed
-            headers.append(NeverIndexedHeaderTuple(b"cookie", b"; ".join(cookies)))
-        return RequestHeaders(sid, method, authority or host, path, scheme, headers, end, b"2")
 
     def _on_reset(self, e: ev.StreamReset, out: list[Event], opened: set[int], dropped: set[int]) -> None:
         sid = e.stream_id
@@ -325,6 +301,10 @@ class H2Codec:
         for s in self._send.window_opened(sid):
             if s in self._open:
                 out.append(StreamWritable(s))
+
+    def cut(self, reason: str, detail: str) -> None:
+        """The proxy gives up on the peer (it floods us with frames to answer and reads nothing)."""
+        self._die(ErrorCode.ENHANCE_YOUR_CALM, reason, detail)
 
     def _die(self, code: int, reason: str, detail: str, last_stream_id: int | None = None) -> None:
         self._fatal = True

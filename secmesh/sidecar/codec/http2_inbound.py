@@ -19,6 +19,8 @@
    private h2 names this relies on are pinned by `tests/unit/codec/test_http2_inbound.py`.
 
 3. **Graceful GOAWAY** (`keep_open_on_goaway`), the other h2 behaviour we replace.
+
+4. `request_event`: a checked request block as the proxy's `RequestHeaders`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from h2.connection import ConnectionInputs, H2Connection
 from h2.stream import StreamState
 from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame
+
+from secmesh.sidecar.codec.stream import Headers, RequestHeaders
 
 REQUEST, RESPONSE, TRAILERS = 0, 1, 2
 
@@ -174,6 +178,35 @@ def _request_problem(pseudo: dict[bytes, bytes], host: bytes | None) -> str | No
     if path is not None and not path:
         return "empty :path"
     return None
+
+
+def request_event(sid: int, raw: list, end: bool) -> RequestHeaders:
+    """The proxy's view of a checked request block: pseudo-fields pulled out, `:authority` or
+    else `host`, cookie crumbs joined (RFC 9113 §8.2.3) into one never-indexed field."""
+    method = scheme = authority = path = b""
+    host = b""
+    headers: Headers = []
+    cookies: list[bytes] = []
+    for h in raw:
+        n, v = h
+        if n[:1] == b":":
+            if n == b":method":
+                method = v
+            elif n == b":path":
+                path = v
+            elif n == b":authority":
+                authority = v
+            elif n == b":scheme":
+                scheme = v
+        elif n == b"host":
+            host = v
+        elif n == b"cookie":
+            cookies.append(v)
+        else:
+            headers.append(h)
+    if cookies:                               # RFC 9113 §8.2.3: crumbs joined, kept unindexed
+        headers.append(NeverIndexedHeaderTuple(b"cookie", b"; ".join(cookies)))
+    return RequestHeaders(sid, method, authority or host, path, scheme, headers, end, b"2")
 
 
 _CLOSED = StreamState.CLOSED

@@ -58,6 +58,7 @@ class Reason:
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PROTOCOL_ERROR = "protocol_error"       # HTTP/2 framing / HPACK / state violations
     RAPID_RESET = "rapid_reset"             # CVE-2023-44487
+    CONTROL_FLOOD = "control_flood"         # CVE-2019-9512/9515: frames to answer, answers unread
     REFUSED = "refused"                     # over max_concurrent_streams or after GOAWAY
     PEER_GOAWAY = "peer_goaway"
     EOF = "eof"                             # the peer closed mid-message

@@ -14,7 +14,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from hyperframe.frame import WindowUpdateFrame
+from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
 
 from tests.integration.sidecar.harness import metric
 from tests.integration.sidecar_l7.apps import GrpcClient
@@ -203,3 +203,36 @@ def test_rapid_reset_is_cut_off(mesh, made_you_reset):
     assert cut
     assert curl_status("--http2-prior-knowledge", mesh.url("out-http", "/ok"))[0] == 200
     assert metric(mesh.metrics("client"), "secmesh_sidecar_http_codec_errors_total", reason="rapid_reset") >= 1
+
+
+@pytest.mark.parametrize("frame", ["ping", "settings"])
+def test_control_frame_flood_is_cut_off(mesh, frame):
+    """PING / SETTINGS flood (CVE-2019-9512, -9515): a client that makes the sidecar acknowledge
+    frame after frame and never reads the answers is cut off (not buffered without end), and
+    the sidecar keeps serving everyone else."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # read nothing, and hold little
+    s.settimeout(5)
+    s.connect(("127.0.0.1", mesh.ports["out-http"]))
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    if frame == "ping":
+        f = PingFrame(0)
+        f.opaque_data = b"flooding"
+    else:
+        f = SettingsFrame(0)
+    blob = f.serialize() * 1000
+    before = metric(mesh.metrics("client"), "secmesh_sidecar_http_codec_errors_total", reason="control_flood")
+    cut = False
+    try:
+        s.sendall(c.data_to_send())
+        for _ in range(20_000):                  # at most 20 M frames; the cut comes far sooner
+            s.sendall(blob)
+    except (BrokenPipeError, ConnectionResetError):
+        cut = True
+    finally:
+        s.close()
+    assert cut
+    after = metric(mesh.metrics("client"), "secmesh_sidecar_http_codec_errors_total", reason="control_flood")
+    assert after == before + 1
+    assert curl_status("--http2-prior-knowledge", mesh.url("out-http", "/ok"))[0] == 200

@@ -407,3 +407,22 @@ def test_peer_error_goaway_resets_open_streams(pair):
     assert s.GoAway(0, s.ErrorCode.INTERNAL_ERROR) in at_client
     assert s.StreamReset(sid, s.ErrorCode.INTERNAL_ERROR, True, s.Reason.PEER_GOAWAY) in at_client
     assert of(at_client, s.ConnectionError) and client.should_close
+
+
+def test_control_replies_are_counted_and_cut_ends_the_connection():
+    """The codec counts the PING and SETTINGS it had h2 acknowledge (the proxy's flood guard
+    compares that count against what the peer read); `cut` ends the connection calmly-please."""
+    server = H2ServerCodec()
+    conn = raw_client()
+    raw_pump(conn, server)
+    base = server.control_replies
+    for i in range(3):
+        conn.ping(b"%08d" % i)
+    conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 5})
+    raw_pump(conn, server)
+    assert server.control_replies == base + 4
+    server.cut(s.Reason.CONTROL_FLOOD, "test")
+    errors = of(server.ready_events(), s.ConnectionError)
+    assert [e.reason for e in errors] == [s.Reason.CONTROL_FLOOD] and server.should_close
+    goaway = [e for e in conn.receive_data(server.data_to_send()) if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway and goaway[0].error_code == s.ErrorCode.ENHANCE_YOUR_CALM
