@@ -198,6 +198,8 @@ class HttpSession(CodecSide):
         self.write_paused = False
         for ex in list(self.streams.values()):
             ex.downstream_writable()
+        if not self.multiplexed and not self.streams and not self.closed and self.codec is not None:
+            self._next_requests()                 # the pipelined request `stream_finished` held back
         self.flusher.flush()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -273,8 +275,12 @@ class HttpSession(CodecSide):
     def stream_finished(self, ex: Exchange) -> None:
         self.streams.pop(ex.sid, None)
         self.forget(ex.sid)
-        if self.closed:
-            return
+        # HTTP/1.1 behind a full socket: the next pipelined request waits for `resume_writing`, so
+        # a client that pipelines and never reads cannot make us buffer response after response.
+        if not self.closed and (self.multiplexed or not self.write_paused):
+            self._next_requests()
+
+    def _next_requests(self) -> None:
         self._process(self.codec.ready_events())
         if not self.multiplexed:
             self._header_timer()
