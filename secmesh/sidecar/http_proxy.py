@@ -101,7 +101,8 @@ class HttpSession(CodecSide):
         self.streams: dict[int, Exchange] = {}
         self.requests = 0
         self.touched = True
-        self._acks_at_pause = 0
+        self._acks_base = 0                  # PING/SETTINGS answers before the current read (flood guard)
+        self._flood = False
         self._sniffed = b""
         self._queue: deque[Any] = deque()
         self._processing = False
@@ -160,14 +161,16 @@ class HttpSession(CodecSide):
             data = first
         self._feed(data)
         self.flusher.flush()
+        if self._flood:                   # set by pause_writing during that flush
+            self._flooded()
 
     def _feed(self, data: bytes) -> None:
         codec = self.codec
+        if self.multiplexed and not self.write_paused:
+            self._acks_base = codec.control_replies
         self._process(codec.receive(data))
         if self.multiplexed:
             self.mark()                   # h2 answers frames by itself (SETTINGS/PING acks, WINDOW_UPDATE)
-            if self.write_paused and codec.control_replies - self._acks_at_pause > CONTROL_FLOOD_LIMIT:
-                self._flooded()
         else:
             self._header_timer()          # (an HTTP/1.1 error answer is marked where the error is handled)
         self.update_reading()
@@ -182,13 +185,20 @@ class HttpSession(CodecSide):
         return None if self.tls else True
 
     def pause_writing(self) -> None:
+        """The client's socket is full. HTTP/2: read nothing more until it drains, or a client with
+        wide-open windows that never reads could have us answer stream after stream into memory
+        (CVE-2019-9517); HTTP/1.1 holds its next pipelined request instead (`stream_finished`)."""
         self.write_paused = True
-        self._acks_at_pause = getattr(self.codec, "control_replies", 0)
+        self.stop_reading_when_full = self.multiplexed
+        if self.multiplexed and self.codec.control_replies - self._acks_base > CONTROL_FLOOD_LIMIT:
+            self._flood = True
+        self.update_reading()
 
     def _flooded(self) -> None:
-        """PING / SETTINGS flood (CVE-2019-9512, -9515): the peer makes us answer frames while it
-        reads nothing, so the answers would pile up in memory. Envoy's `max_outbound_control_frames`
-        rule: more than that many answers queued behind a full socket cuts the connection."""
+        """PING / SETTINGS flood (CVE-2019-9512, -9515): one read made us answer more than
+        `CONTROL_FLOOD_LIMIT` frames (Envoy's `max_outbound_control_frames`) and the answers
+        filled the socket: the peer floods and does not read. Cut it rather than only pausing."""
+        self._flood = False
         self.codec.cut(Reason.CONTROL_FLOOD, f"over {CONTROL_FLOOD_LIMIT} PING/SETTINGS answers unread")
         self._process(self.codec.ready_events())
         self.closed = True
@@ -200,6 +210,7 @@ class HttpSession(CodecSide):
             ex.downstream_writable()
         if not self.multiplexed and not self.streams and not self.closed and self.codec is not None:
             self._next_requests()                 # the pipelined request `stream_finished` held back
+        self.update_reading()
         self.flusher.flush()
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -44,6 +44,7 @@ class CodecSide:
     """Codec + transport glue shared by the downstream session and upstream connections."""
 
     multiplexed = False
+    stop_reading_when_full = False      # downstream h2: see `HttpSession.pause_writing`
 
     def __init__(self, flusher: Flusher) -> None:
         self.flusher = flusher
@@ -114,7 +115,8 @@ class CodecSide:
         if t is None or self.closed:
             return
         codec = self.codec
-        pause = (not self.multiplexed and bool(self._held)) or (codec is not None and codec.wants_pause)
+        pause = ((not self.multiplexed and bool(self._held)) or (codec is not None and codec.wants_pause)
+                 or (self.write_paused and self.stop_reading_when_full))
         if pause != self._reading_paused:
             self._reading_paused = pause
             if pause:
