@@ -198,6 +198,8 @@ def _common(fn: Any) -> Any:
         click.option("--admin", "admin_address", default="", help="Admin HOST:PORT (loopback); off if empty."),
         click.option("--access-log/--no-access-log", default=True, show_default=True),
         click.option("--idle-timeout", default="1h", show_default=True),
+        click.option("--send-timeout", default="5m", show_default=True,
+                     help="Cut a client that takes none of the bytes queued for it this long (0 = off)."),
         click.option("--handshake-timeout", default="10s", show_default=True),
         click.option("--max-connections", default=10000, show_default=True, type=int),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"),
@@ -239,6 +241,7 @@ def _flag_config(kind: str, ids: tuple[str, ...], kw: dict[str, Any], *, policie
             listeners=[ListenerConfig(name=kind, kind=kind, address=kw["listen"], upstream=kw["upstream"],
                                       max_connections=kw["max_connections"],
                                       idle_timeout=Duration(parse_duration(kw["idle_timeout"])),
+                                      send_timeout=Duration(parse_duration(kw["send_timeout"])),
                                       protocol=kw["protocol"],
                                       http=HttpConfig(upstream_protocol=kw["upstream_protocol"]), **listener)])
     except ValueError as exc:

@@ -122,6 +122,7 @@ class ListenerConfig:
     sni: str = ""                      # outbound: SNI to send (empty: none)
     max_connections: int = 10000       # per worker; beyond it new connections are closed at once
     idle_timeout: Duration = Duration(3600.0)
+    send_timeout: Duration = Duration(300.0)   # a client that takes nothing of what we queued this long is cut; 0 = off
     connect_timeout: Duration = Duration(5.0)
     http: HttpConfig = field(default_factory=HttpConfig)   # protocol http: routes, limits, HTTP/2 settings
 
@@ -155,6 +156,8 @@ class ListenerConfig:
             check_peer_ids(f"listener {self.name}", self.peer_ids)
         if self.max_connections < 1:
             raise ValueError(f"listener {self.name}: `max_connections` must be at least 1")
+        if self.send_timeout < 0:
+            raise ValueError(f"listener {self.name}: `send_timeout` must be 0 (off) or more")
 
     @property
     def is_l7(self) -> bool:

@@ -46,6 +46,12 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = True) -> socket.sock
     return sock
 
 
+def _unsent(conn: Any) -> bool:
+    """Bytes queued in our transport towards the connection's client."""
+    t = conn.transport
+    return t is not None and not t.is_closing() and t.get_write_buffer_size() > 0
+
+
 def _peer(conn: socket.socket) -> str:
     try:
         host, port = conn.getpeername()[:2]
@@ -194,21 +200,31 @@ class Listener:
     # -- idle and stalled connections ------------------------------------------------------------
 
     def _schedule_sweep(self) -> None:
-        interval = max(0.05, min(self.cfg.idle_timeout / 4, self.ctx.handshake_timeout / 2, 5.0))
+        send = self.cfg.send_timeout or self.cfg.idle_timeout
+        interval = max(0.05, min(self.cfg.idle_timeout / 4, send / 4, self.ctx.handshake_timeout / 2, 5.0))
         self._sweeper = self.loop.call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        idle_timeout = self.cfg.idle_timeout
+        idle_timeout, send_timeout = self.cfg.idle_timeout, self.cfg.send_timeout
         for c in list(self.ctx.conns):
             up = c.upstream_pipe
             moved = c.nbytes + (up.nbytes if up is not None else 0)
             if moved != c.seen_bytes:
                 c.seen_bytes = moved
                 c.idle_since = now
-            elif now - c.idle_since >= idle_timeout and c.result == "forwarded":
+            elif c.result != "forwarded":
+                continue
+            elif now - c.idle_since >= idle_timeout:
                 c.result, c.reason = "idle_timeout", f"no bytes either way for {idle_timeout:g}s"
                 c.close()
+            elif send_timeout and now - c.idle_since >= send_timeout and _unsent(c):
+                # nginx's send_timeout: a client that reads nothing of what is queued for it (a slow-read
+                # attack, or a client gone silent) would hold its buffers until idle_timeout
+                c.result, c.reason = "send_timeout", f"the client took none of the queued bytes for {send_timeout:g}s"
+                c.abort()
+                if up is not None:
+                    up.abort()
         for fd, (conn, deadline) in list(self._sniffing.items()):
             if now >= deadline:   # connected but never spoke: a stalled or half-open client
                 self.loop.remove_reader(fd)

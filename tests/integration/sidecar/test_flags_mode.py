@@ -212,3 +212,31 @@ def test_no_session_resumption_flag(tmp_path, pki, echo):
         raw = socket.create_connection(("127.0.0.1", in_port), timeout=5)
         with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
             assert echo_roundtrip(s, b"y") == b"y" and not s.session_reused
+
+
+def test_a_peer_that_reads_nothing_is_cut_after_send_timeout(tmp_path, pki, echo):
+    """Slow-read: a client keeps sending to the echo app through the inbound sidecar and never reads
+    the echo. Once nothing moves and bytes sit queued for it, `--send-timeout` cuts the connection
+    (result `send_timeout`), and other clients keep flowing."""
+    inbound, admin, port = _inbound(tmp_path, pki, echo.address, "--allow-principal", pki.client_id,
+                                    "--send-timeout", "1s")
+    good = client_context(pki.ca_pem, pki.client_cert, pki.client_key)
+    with inbound:
+        hog = tls_connect(port, good)
+        hog.settimeout(0.5)
+        chunk = b"x" * 65536
+        try:
+            for _ in range(4096):                # up to 256 MiB; every buffer on the way fills far sooner
+                hog.sendall(chunk)
+        except (TimeoutError, socket.timeout, ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            pass
+
+        def cut() -> bool:
+            return metric(admin_get(admin, "/metrics")[1], "secmesh_sidecar_connections_total",
+                          listener="inbound", result="send_timeout") == 1
+
+        wait_until(cut, timeout=20, what="the slow reader to be cut")
+        hog.close()
+        other = tls_connect(port, good)
+        assert echo_roundtrip(other, b"still here") == b"still here"
+        other.close()
