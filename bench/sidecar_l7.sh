@@ -2,13 +2,15 @@
 # secmesh's L7 sidecar pair (protocol http) in the shared 2-hop mTLS benchmark (../shared/bench/run.sh),
 # with an ALLOW policy of 1,000 rules loaded on the inbound side.
 #
-#   bench/sidecar_l7.sh              # all phases: h1 (wrk), h2 (h2load -m 10), grpc (h2load, unary)
+#   bench/sidecar_l7.sh              # all phases: h1 (wrk), h2 (h2load -m 10), h2-h1, grpc (h2load, unary)
 #   PHASES="h1" RUNS=1 DURATION=5s bench/sidecar_l7.sh
 #
 # h1:   wrk through run.sh: direct, haproxy-http and secmesh, /ok and /64k (ratios printed by run.sh).
 # h2:   the same run.sh topology, but the load generator is h2load (-m 10) against the plaintext
 #       outbound listeners (h2c prior knowledge); a `wrk` shim on PATH translates run.sh's wrk call
 #       into h2load and prints wrk's RESULT line (p50/p99 from h2load's per-request log).
+# h2-h1: the h2 phase with HTTP/1.1 between the sidecars, HAProxy's shape in this kit (its outbound
+#       backend says `alpn http/1.1`); the h2 phase keeps the default (`auto`: h2 stays h2, as Istio does).
 # grpc: bench/sidecar_l7_grpc.py: unary gRPC QPS (h2load with gRPC frames) direct vs through the mesh.
 # Every knob of run.sh (RUNS, DURATION, CONNS, PIN, KEEP …) passes through.
 set -euo pipefail
@@ -22,7 +24,7 @@ PY=${PYTHON:-$REPO/.venv/bin/python}
 [[ -x $PY ]] || { echo "bench/sidecar_l7.sh: no interpreter at $PY (set PYTHON=)" >&2; exit 2; }
 command -v h2load >/dev/null || { echo "bench/sidecar_l7.sh: h2load missing (apt-get install nghttp2-client)" >&2; exit 2; }
 
-PHASES=${PHASES:-h1 h2 grpc}
+PHASES=${PHASES:-h1 h2 h2-h1 grpc}
 WORKERS=${WORKERS:-1}
 RULES=${RULES:-1000}
 ACCESS=$([[ ${ACCESS_LOG:-1} == 1 ]] && echo --access-log || echo --no-access-log)
@@ -51,14 +53,21 @@ export CANDIDATE_INBOUND_CMD="env PYTHONPATH=$REPO $PY -m secmesh sidecar inboun
 # Between the sidecars: as the client speaks (h2 multiplexed for h2 clients; OUT_UPSTREAM_PROTOCOL=http1
 # translates to HTTP/1.1 keep-alive between the sidecars as HAProxy does; gRPC is always h2).
 OUT_UP=${OUT_UPSTREAM_PROTOCOL:-auto}
-export CANDIDATE_OUTBOUND_CMD="env PYTHONPATH=$REPO $PY -m secmesh sidecar outbound --listen 127.0.0.1:{LISTEN_PORT} --upstream {UPSTREAM_HOST}:{UPSTREAM_PORT} $COMMON --peer-id {PEER_ID} --upstream-protocol $OUT_UP"
+outbound_cmd() { echo "env PYTHONPATH=$REPO $PY -m secmesh sidecar outbound --listen 127.0.0.1:{LISTEN_PORT} --upstream {UPSTREAM_HOST}:{UPSTREAM_PORT} $COMMON --peer-id {PEER_ID} --upstream-protocol $1"; }
+export CANDIDATE_OUTBOUND_CMD=$(outbound_cmd "$OUT_UP")
 
 for phase in $PHASES; do
   case $phase in
     h1)
       echo "=== phase h1: wrk, HTTP/1.1 through the 2-hop mTLS path ($RULES-rule ALLOW policy on the inbound) ==="
       CONFIGS=${CONFIGS_H1:-"direct haproxy-http $CANDIDATE_NAME"} HS_SECONDS=0 bash "$KIT" ;;
-    h2)
+    h2|h2-h1)
+      if [[ $phase == h2-h1 ]]; then
+        export CANDIDATE_OUTBOUND_CMD=$(outbound_cmd http1)
+        echo "=== phase h2-h1: as h2, with HTTP/1.1 between the sidecars (as the kit's HAProxy) ==="
+      else
+        export CANDIDATE_OUTBOUND_CMD=$(outbound_cmd "$OUT_UP")
+      fi
       echo "=== phase h2: h2load -m ${H2_STREAMS:-10} against the plaintext outbound listeners (h2c) ==="
       mkdir -p "$WORK/shim"
       cat > "$WORK/shim/wrk" <<SHIM
