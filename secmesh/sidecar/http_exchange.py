@@ -166,11 +166,11 @@ class Exchange:
         cluster, ep = self.cluster, self.ep
         assert cluster is not None and ep is not None
         l7_metrics.upstream(cluster.name, exc.reason).inc()
+        self.reason = exc.reason
+        if exc.reason == "upstream_overflow":       # our own limit, not the endpoint's fault: no retry, and
+            return self.local(503)                  # no log line per request in an overload (metric, access log)
         log_event(log, logging.WARNING, "upstream connect failed", listener=self.env.name, cluster=cluster.name,
                   upstream=ep.address, reason=exc.reason, detail=str(exc))
-        self.reason = exc.reason
-        if exc.reason == "upstream_overflow":       # our own limit, not the endpoint's fault: no retry
-            return self.local(503)
         self._endpoint_failed()
         if not self._retry(sent=False, status=None):
             self.local(503)

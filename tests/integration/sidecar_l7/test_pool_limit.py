@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.sidecar.harness import admin_get, metric
 from tests.integration.sidecar_l7.upstreams import one_sidecar
-from tests.support.proc import wait_until
+from tests.support.proc import Process, wait_until
 
 
 class _Gated(BaseHTTPRequestHandler):
@@ -65,7 +65,7 @@ class GatedApp:
 
 
 @pytest.fixture
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatedApp, int, int]]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatedApp, int, int, Process]]:
     app = GatedApp()
     proc = None
     try:
@@ -76,7 +76,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatedApp, in
                 max_connections_per_endpoint: 2, max_pending_requests: 2}}
             """,
             "- {name: app, path_prefix: /, cluster: app}")
-        yield app, port, admin
+        yield app, port, admin, proc
     finally:
         if proc is not None:
             proc.stop()
@@ -97,8 +97,9 @@ def _endpoint(admin: int) -> dict:
     return json.loads(admin_get(admin, "/clusters")[1])["app"]["endpoints"][0]
 
 
-def test_requests_beyond_the_limit_wait_then_ride_the_returned_connections(env: tuple[GatedApp, int, int]) -> None:
-    app, port, admin = env
+def test_requests_beyond_the_limit_wait_then_ride_the_returned_connections(
+        env: tuple[GatedApp, int, int, Process]) -> None:
+    app, port, admin, proc = env
     results: list[tuple[int, bytes]] = []
     threads = [threading.Thread(target=lambda: results.append(_get(port))) for _ in range(4)]
     for t in threads:
@@ -120,3 +121,6 @@ def test_requests_beyond_the_limit_wait_then_ride_the_returned_connections(env: 
     assert app.server.accepted == 2              # type: ignore[attr-defined]  # the queued two reused them
     ep = _endpoint(admin)
     assert ep["pending_requests"] == 0 and ep["http1_connections"] == 2 and not ep["ejected"]
+    # the refusal is in the access log, but an overload writes no warning line per request
+    wait_until(lambda: '"reason":"upstream_overflow"' in proc.output(), timeout=10, what="the access log line")
+    assert '"upstream connect failed"' not in proc.output()
