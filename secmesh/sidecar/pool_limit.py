@@ -39,23 +39,25 @@ class ConnectionLimit:
 
     def take(self) -> bool:
         """Claim a slot for a new connection, if one is free and nobody waits ahead of us."""
-        waiters = self._waiters
-        while waiters and waiters[0].done():     # abandoned: they hold nobody's place
-            waiters.popleft()
-        if self.live < self.limit and not waiters:
+        if self.live < self.limit and not self._queue():
             self.live += 1
             return True
         return False
 
     def waiter(self) -> asyncio.Future[Any] | None:
         """A future resolved with a released connection or `DIAL`; None when the queue is full."""
-        while self._waiters and self._waiters[0].done():
-            self._waiters.popleft()
-        if len(self._waiters) >= self.max_pending:
+        if len(self._queue()) >= self.max_pending:
             return None
         fut = self._loop.create_future()
         self._waiters.append(fut)
         return fut
+
+    def _queue(self) -> deque[asyncio.Future[Any]]:
+        """The waiters, without the abandoned ones at the head (they hold nobody's place)."""
+        waiters = self._waiters
+        while waiters and waiters[0].done():
+            waiters.popleft()
+        return waiters
 
     def hand_over(self, conn: Any) -> bool:
         """Give a reusable connection to the first request still waiting; False if none waits."""
