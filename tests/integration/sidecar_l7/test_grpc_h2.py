@@ -19,8 +19,7 @@ from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
 
 from tests.integration.sidecar.harness import metric
 from tests.integration.sidecar_l7.apps import GrpcClient
-from tests.integration.sidecar_l7.wire import curl, curl_status, mtls_args, rss_kib
-from tests.support.proc import wait_until
+from tests.integration.sidecar_l7.wire import curl, curl_status, held_while_unread, mtls_args, rss_kib, unread_socket
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -244,24 +243,15 @@ def test_client_with_open_windows_that_never_reads_cannot_grow_the_sidecar(mesh)
     """Internal data buffering (CVE-2019-9517): the client opens its HTTP/2 windows wide, asks
     for answer after answer and never reads its socket. Once that socket is full the sidecar
     reads nothing more from it, so the answered count stops and memory stays put."""
-    def answered() -> float:
-        return metric(mesh.metrics("client"), "secmesh_sidecar_http_requests_total", listener="out-http")
-
-    pid = mesh.procs["client"].pid
-    rss_before = rss_kib(pid)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", mesh.ports["out-http"]))
-    s.setblocking(False)
+    s = unread_socket(mesh.ports["out-http"])
     c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     c.local_settings = h2.settings.Settings(client=True, initial_values={
         h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2 ** 31 - 1})
     c.initiate_connection()
     c.increment_flow_control_window(2 ** 31 - 1 - 65535)
     pending = c.data_to_send()
-    seen: list[float] = []
 
-    def stopped() -> bool:
+    def ask() -> None:
         nonlocal pending
         for _ in range(20):                      # at most 20 requests per poll: under the stream limit
             sid = c.get_next_available_stream_id()
@@ -273,13 +263,7 @@ def test_client_with_open_windows_that_never_reads_cannot_grow_the_sidecar(mesh)
             pending = pending[s.send(pending):]
         except BlockingIOError:
             pass
-        seen.append(answered())
-        return len(seen) >= 4 and seen[-1] == seen[-4]
 
-    try:
-        wait_until(stopped, timeout=20, interval=0.25, what="the sidecar to stop reading an h2 client that reads nothing")
-        grown = rss_kib(pid) - rss_before
-    finally:
-        s.close()
+    grown = held_while_unread(mesh, s, ask, "the sidecar to stop reading an h2 client that reads nothing")
     assert grown < 16 * 1024, f"sidecar grew by {grown} KiB"
     assert curl_status("--http2-prior-knowledge", mesh.url("out-http", "/ok"))[0] == 200

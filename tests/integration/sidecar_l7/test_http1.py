@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import time
 
 import pytest
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.integration.sidecar.harness import client_context, metric
 from tests.integration.sidecar_l7.conftest import CLIENT_ID, SERVER_ID
-from tests.integration.sidecar_l7.wire import Raw, curl, curl_status, get, mtls_args, rss_kib
+from tests.integration.sidecar_l7.wire import Raw, curl, curl_status, get, held_while_unread, mtls_args, unread_socket
 from tests.support.proc import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -182,31 +181,16 @@ def test_pipelining_client_that_never_reads_cannot_grow_the_sidecar(mesh):
     the client has read the previous answers, instead of buffering answer after answer for as
     long as the client keeps asking. So the count of answered requests comes to a stop (each
     16 KiB answer arrives from the app in one read, so nothing else would stop it)."""
-    def answered() -> float:
-        return metric(mesh.metrics("client"), "secmesh_sidecar_http_requests_total", listener="out-http")
-
-    pid = mesh.procs["client"].pid
-    rss_before = rss_kib(pid)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # read nothing, and hold little
-    s.connect(("127.0.0.1", mesh.ports["out-http"]))
-    s.setblocking(False)
+    s = unread_socket(mesh.ports["out-http"])
     blob = b"GET /bytes/16384 HTTP/1.1\r\nHost: svc\r\n\r\n" * 100
-    seen: list[float] = []
 
-    def stopped() -> bool:
+    def ask() -> None:
         try:
             while True:
                 s.send(blob)                          # keep asking, as fast as the sidecar takes it
         except BlockingIOError:
             pass
-        seen.append(answered())
-        return len(seen) >= 4 and seen[-1] == seen[-4]   # no request answered over three polls
 
-    try:
-        wait_until(stopped, timeout=20, interval=0.25, what="the sidecar to stop answering an unread pipeline")
-        grown = rss_kib(pid) - rss_before
-    finally:
-        s.close()
+    grown = held_while_unread(mesh, s, ask, "the sidecar to stop answering an unread pipeline")
     assert grown < 16 * 1024, f"sidecar grew by {grown} KiB"
     assert curl_status(mesh.url("out-http", "/ok"))[0] == 200

@@ -6,7 +6,10 @@ import socket
 import ssl
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from tests.integration.sidecar.harness import metric
+from tests.support.proc import wait_until
 
 
 def curl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -84,3 +87,32 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def unread_socket(port: int) -> socket.socket:
+    """A non-blocking client socket that will read nothing, with a receive buffer that holds little."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.setblocking(False)
+    return s
+
+
+def held_while_unread(mesh: Any, sock: socket.socket, ask: Callable[[], None], what: str) -> int:
+    """Call `ask` (send more requests on `sock`, never read) until the client sidecar stops answering
+    on `out-http` (no request answered over three polls); close `sock`; return how many KiB the
+    sidecar grew meanwhile."""
+    pid = mesh.procs["client"].pid
+    rss_before = rss_kib(pid)
+    seen: list[float] = []
+
+    def stopped() -> bool:
+        ask()
+        seen.append(metric(mesh.metrics("client"), "secmesh_sidecar_http_requests_total", listener="out-http"))
+        return len(seen) >= 4 and seen[-1] == seen[-4]
+
+    try:
+        wait_until(stopped, timeout=20, interval=0.25, what=what)
+        return rss_kib(pid) - rss_before
+    finally:
+        sock.close()
