@@ -12,7 +12,7 @@ from secmesh.identity.spiffe import TrustDomain
 from secmesh.sidecar.codec.http2 import H2Settings
 from secmesh.sidecar.l7_flow import Flusher
 from secmesh.sidecar.l7_tls import AlpnContexts
-from secmesh.sidecar.pool import EndpointPool
+from secmesh.sidecar.pool import HTTP1, EndpointPool
 from secmesh.sidecar.upstream import ClusterState, Endpoint
 
 
@@ -68,7 +68,7 @@ class ClusterManager:
         return out
 
     def _http1(self, cluster: str, ep: Endpoint) -> dict[str, int]:
-        p = self._pools.get((cluster, ep.address, "http1"))
+        p = self._pools.get((cluster, ep.address, HTTP1))
         if p is None:
             return {"http1_connections": 0, "pending_requests": 0}
         return {"http1_connections": p.limit.live, "pending_requests": p.limit.pending}
